@@ -1,0 +1,13 @@
+"""The smallest permflow program: two chains talking over a topic."""
+
+from permflow import InMemoryPubSubConnection, PubSub, Topic
+
+topic_one = Topic("one")
+chain_one = Topic.IN.subscribe() | (lambda x: x + 'b') | topic_one.publish()
+chain_two = topic_one.subscribe() | (lambda x: x + 'c') | Topic.OUT.publish()
+
+conn = InMemoryPubSubConnection()
+pubsub = PubSub(processes=(chain_one, chain_two), connection=conn)
+
+assert pubsub.invoke('a') == ['abc']
+print(pubsub.invoke('a'))

@@ -1,0 +1,47 @@
+"""permflow: programs as chains that talk over named topics."""
+
+from ._errors import (
+    ConnectionFailedError,
+    CycleError,
+    DefinitionError,
+    PermflowError,
+    PoisonMessageError,
+    RunTimeoutError,
+    SerializationError,
+)
+from ._execution import Execution
+from ._graph import Graph
+from ._message import Delivery, Message
+from ._process import Process
+from ._pubsub import PubSub
+from ._runnable import Runnable, RunnableEach, RunnableLambda, RunnableParallel, RunnableSequence
+from ._topic import Topic, route
+from .connections import InMemoryPubSubConnection, PubSubConnection, Subscription
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConnectionFailedError",
+    "CycleError",
+    "DefinitionError",
+    "Delivery",
+    "Execution",
+    "Graph",
+    "InMemoryPubSubConnection",
+    "Message",
+    "PermflowError",
+    "PoisonMessageError",
+    "Process",
+    "PubSub",
+    "PubSubConnection",
+    "Runnable",
+    "RunnableEach",
+    "RunnableLambda",
+    "RunnableParallel",
+    "RunnableSequence",
+    "RunTimeoutError",
+    "SerializationError",
+    "Subscription",
+    "Topic",
+    "route",
+]

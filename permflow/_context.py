@@ -1,0 +1,45 @@
+"""What a running step can see of its run: the outbox its publishes go to."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+
+__all__ = ["RUN_KEY", "StepContext", "step_context"]
+
+#: Key under which the engine puts the ``StepContext`` into a step's config.
+RUN_KEY = "__permflow_run__"
+
+
+class StepContext:
+    """Per-delivery state: messages published so far and the thread limiter.
+
+    Publishes are buffered here and stored by the engine only when the whole
+    chain has finished, together with the ack of the delivery.
+    """
+
+    __slots__ = ("limiter", "outbox")
+
+    def __init__(self, limiter: anyio.CapacityLimiter | None) -> None:
+        self.outbox: list[tuple[str, Any]] = []
+        self.limiter = limiter
+
+    def publish(self, topic: str, value: Any) -> None:
+        self.outbox.append((topic, value))
+
+    def mark(self) -> int:
+        return len(self.outbox)
+
+    def rollback(self, mark: int) -> None:
+        """Discard what was published since ``mark`` (a failed attempt)."""
+        del self.outbox[mark:]
+
+
+def step_context(config: Mapping[str, Any] | None) -> StepContext | None:
+    """The run context in ``config``, or None outside a run."""
+    if not config:
+        return None
+    ctx = config.get(RUN_KEY)
+    return ctx if isinstance(ctx, StepContext) else None

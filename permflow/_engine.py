@@ -1,0 +1,266 @@
+"""The run engine: drives one run (state id) of a PubSub until it is idle.
+
+A run fetches deliveries from the connection, runs each process's chain on
+them, and commits each delivery's published messages together with its ack.
+After a commit, the same task fetches for the subscribers of what it just
+published and carries on with one of the new deliveries itself (others get
+tasks of their own), so a linear chain costs no task spawn per hop.
+
+When no task is running, the run asks the connection what is outstanding:
+work held elsewhere is waited for; joins fire when nothing else is left;
+when joins have nothing new either, the run is idle and ends.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.lowlevel import checkpoint
+
+from ._context import RUN_KEY, StepContext
+from ._errors import PermflowError, PoisonMessageError, RunTimeoutError
+from ._lineage import check_repeat, depth_exceeded
+from ._message import Delivery, Message
+from ._topic import ERROR_NAME
+
+if TYPE_CHECKING:
+    from ._plan import Plan, Step
+    from .connections._base import PubSubConnection
+
+__all__ = ["Run", "Settings"]
+
+_HOPS_BETWEEN_CHECKPOINTS = 32
+_DEFAULT_THREADS = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    recursion_limit: int = 1000
+    max_concurrency: int | None = None
+    timeout: float | None = None
+    step_timeout: float | None = None
+    max_deliveries: int = 5
+    poll_interval: float = 1.0
+
+
+class Run:
+    """One execution of a plan on one state id, from input to idle."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        connection: PubSubConnection,
+        state_id: str,
+        settings: Settings,
+        emit: Callable[[Message], None],
+    ) -> None:
+        self.plan = plan
+        self.conn = connection
+        self.state_id = state_id
+        self.settings = settings
+        self.emit = emit
+        self.owner = f"run-{uuid.uuid4().hex}"
+        self._active = 0
+        self._quiet: anyio.Event | None = None
+        self._failure: BaseException | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        limit = settings.max_concurrency
+        self._steps = anyio.CapacityLimiter(limit) if limit else None
+        self._threads = anyio.CapacityLimiter(limit or _DEFAULT_THREADS)
+
+    async def execute(self, topic: str | None, value: Any) -> None:
+        """Publish ``value`` on ``topic`` (unless topic is None), run to idle."""
+        conn, sid = self.conn, self.state_id
+        await conn.register(sid, self.plan.subscriptions)
+        timeout = self.settings.timeout
+        try:
+            with anyio.move_on_after(timeout) as deadline:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    if conn.lease != float("inf"):
+                        tg.start_soon(self._renew_leases)
+                    if topic is not None:
+                        first = Message(topic, value, sid, time.time())
+                        for stored in await conn.publish(sid, [first]):
+                            self.emit(stored)
+                    await self._drive()
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.release(sid, self.owner)
+        if self._failure is not None:
+            raise self._failure
+        if deadline.cancelled_caught:
+            raise RunTimeoutError(
+                f"run {sid!r} did not finish within timeout={timeout}s; its unfinished "
+                "deliveries stay pending: invoke the same state id again to resume"
+            )
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await anyio.sleep(self.conn.lease / 3)
+            await self.conn.renew(self.state_id, self.owner)
+
+    async def _drive(self) -> None:
+        plan, conn, sid = self.plan, self.conn, self.state_id
+        while self._failure is None:
+            if self._active:
+                self._quiet = anyio.Event()
+                await self._quiet.wait()
+                continue
+            counts = await conn.outstanding(sid, plan.names)
+            waiting = [s for s in plan.subscribers_all if counts[s.name]]
+            if not waiting:
+                waiting = [s for s in plan.joins if counts[s.name]]
+                if not waiting:
+                    return
+            if not await self._fetch_and_start(waiting):
+                await conn.wait_for_change(sid, self.settings.poll_interval)
+
+    async def _fetch_and_start(self, steps: list[Step]) -> int:
+        started = 0
+        for step in steps:
+            for delivery in await self.conn.fetch(self.state_id, step.name, owner=self.owner):
+                self._start(step, delivery)
+                started += 1
+        return started
+
+    def _start(self, step: Step, delivery: Delivery) -> None:
+        assert self._tg is not None
+        self._active += 1
+        self._tg.start_soon(self._work, step, delivery)
+
+    async def _work(self, step: Step, delivery: Delivery) -> None:
+        hops = 0
+        try:
+            while True:
+                follow = await self._handle(step, delivery)
+                if not follow:
+                    return
+                for extra in follow[:-1]:
+                    self._start(*extra)
+                step, delivery = follow[-1]
+                hops += 1
+                if hops % _HOPS_BETWEEN_CHECKPOINTS == 0:
+                    await checkpoint()
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self._active -= 1
+            if not self._active and self._quiet is not None:
+                self._quiet.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def _handle(self, step: Step, delivery: Delivery) -> list[tuple[Step, Delivery]]:
+        settings = self.settings
+        messages = delivery.messages
+        source = max(messages, key=_depth) if len(messages) > 1 else messages[0]
+        if delivery.attempt > settings.max_deliveries:
+            return await self._dead_letter(step, delivery, source)
+        trail = source.trail
+        if step.on_cycle:
+            trail = (*trail, check_repeat(step.name, source, trail))
+        value = [m.value for m in messages] if step.join else source.value
+        ctx = StepContext(self._threads)
+        try:
+            if settings.step_timeout is None and self._steps is None:
+                await step.process.ainvoke(value, {RUN_KEY: ctx})
+            else:
+                await self._invoke_guarded(step, value, ctx)
+        except Exception as exc:
+            if self.plan.handles_errors and source.topic != ERROR_NAME:
+                record = _error_record(step.name, source.topic, value, exc, delivery.attempt)
+                ctx.outbox[:] = [(ERROR_NAME, record)]
+            else:
+                raise
+        if not ctx.outbox:
+            return await self._commit(step, delivery, [])
+        if source.depth >= settings.recursion_limit:
+            raise depth_exceeded(step.name, source, settings.recursion_limit, self.plan.cycles)
+        now, depth, sid = time.time(), source.depth + 1, self.state_id
+        outputs = [Message(t, v, sid, now, "", depth, trail) for t, v in ctx.outbox]
+        return await self._commit(step, delivery, outputs)
+
+    async def _invoke_guarded(self, step: Step, value: Any, ctx: StepContext) -> None:
+        timeout = self.settings.step_timeout
+        with anyio.fail_after(timeout) if timeout is not None else _no_timeout():
+            if self._steps is None:
+                await step.process.ainvoke(value, {RUN_KEY: ctx})
+            else:
+                async with self._steps:
+                    await step.process.ainvoke(value, {RUN_KEY: ctx})
+
+    async def _commit(
+        self, step: Step, delivery: Delivery, outputs: list[Message]
+    ) -> list[tuple[Step, Delivery]]:
+        stored = await self.conn.commit(delivery, outputs, owner=self.owner)
+        if not stored:
+            return []  # nothing published, or another owner committed it first
+        emit = self.emit
+        for message in stored:
+            emit(message)
+        subscribers = self.plan.subscribers
+        if len(stored) == 1:
+            readers = subscribers.get(stored[0].topic, ())
+        else:
+            readers = tuple(dict.fromkeys(s for m in stored for s in subscribers.get(m.topic, ())))
+        follow: list[tuple[Step, Delivery]] = []
+        for reader in readers:
+            for new in await self.conn.fetch(self.state_id, reader.name, owner=self.owner):
+                follow.append((reader, new))
+        return follow
+
+    async def _dead_letter(
+        self, step: Step, delivery: Delivery, source: Message
+    ) -> list[tuple[Step, Delivery]]:
+        attempts = delivery.attempt - 1
+        text = (
+            f"process {step.name!r} failed on a message of topic {source.topic!r} "
+            f"{attempts} times (max_deliveries={self.settings.max_deliveries}); "
+            "it was moved to Topic.ERROR"
+        )
+        value = [m.value for m in delivery.messages] if step.join else source.value
+        record = _error_record(step.name, source.topic, value, PoisonMessageError(text), attempts)
+        error = Message(ERROR_NAME, record, self.state_id, time.time(), "", source.depth + 1)
+        follow = await self._commit(step, delivery, [error])
+        if not self.plan.handles_errors:
+            raise PoisonMessageError(f"{text} (state id {self.state_id!r})")
+        return follow
+
+
+def _depth(message: Message) -> int:
+    return message.depth
+
+
+class _no_timeout:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _error_record(process: str, topic: str, value: Any, exc: BaseException, attempt: int) -> dict[str, Any]:
+    """What a ``Topic.ERROR`` message carries: JSON-compatible, self-describing."""
+    kind = type(exc)
+    return {
+        "process": process,
+        "topic": topic,
+        "input": value,
+        "error": kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}",
+        "message": str(exc),
+        "attempt": attempt,
+        "permflow": isinstance(exc, PermflowError),
+    }

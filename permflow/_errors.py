@@ -1,0 +1,66 @@
+"""Exceptions raised by permflow.
+
+Every error permflow raises on its own account derives from one root::
+
+    PermflowError
+     ├── DefinitionError      (also ValueError)   a topic, chain or PubSub is malformed
+     ├── CycleError           (also RecursionError) a run looped: depth limit or exact repeat
+     ├── SerializationError   (also TypeError)    a value cannot be stored by the connection
+     ├── PoisonMessageError                        a delivery kept failing; it was dead-lettered
+     ├── RunTimeoutError      (also TimeoutError)  a run passed its ``timeout``
+     └── ConnectionFailedError                     the store (e.g. Redis) could not be reached
+
+Exceptions raised by user steps are not wrapped: ``invoke`` re-raises them
+with their own type and message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionFailedError",
+    "CycleError",
+    "DefinitionError",
+    "PermflowError",
+    "PoisonMessageError",
+    "RunTimeoutError",
+    "SerializationError",
+]
+
+
+class PermflowError(Exception):
+    """Root of every error permflow raises on its own account."""
+
+
+class DefinitionError(PermflowError, ValueError):
+    """A topic, chain or PubSub definition is invalid (raised at build time)."""
+
+
+class CycleError(PermflowError, RecursionError):
+    """A run looped: its lineage passed ``recursion_limit``, or a process
+    received an equal value again along one lineage.
+
+    ``topics`` names the topics of the cycle, in order, when known.
+    """
+
+    def __init__(self, message: str, *, topics: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.topics = topics
+
+
+class SerializationError(PermflowError, TypeError):
+    """A published value cannot be stored by the connection.
+
+    Raised before anything of the failing commit is stored.
+    """
+
+
+class PoisonMessageError(PermflowError):
+    """A delivery failed ``max_deliveries`` times and was moved to ``Topic.ERROR``."""
+
+
+class RunTimeoutError(PermflowError, TimeoutError):
+    """A run did not become idle within its ``timeout``."""
+
+
+class ConnectionFailedError(PermflowError):
+    """The connection's store could not be reached or answered with an error."""

@@ -1,0 +1,71 @@
+"""A PubSub's processes compiled for the engine: names, readers, cycles."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._errors import DefinitionError
+from ._graph import Graph
+from ._process import Process
+from ._topic import ERROR_NAME
+from .connections._base import Subscription
+
+__all__ = ["Plan", "Step"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Step:
+    """One process of a plan under its final, unique name."""
+
+    name: str
+    process: Process
+    join: bool
+    on_cycle: bool
+
+
+def unique_names(processes: Sequence[Process]) -> list[str]:
+    """Explicit names as given (duplicates are an error); derived names get a
+    ``#2``, ``#3`` … suffix, in definition order, when they collide."""
+    explicit = [p.name for p in processes if p.has_explicit_name]
+    for name in explicit:
+        if explicit.count(name) > 1:
+            raise DefinitionError(f"two processes are named {name!r}; process names must be unique")
+    taken = set(explicit)
+    names = []
+    for p in processes:
+        name = p.name
+        if not p.has_explicit_name:
+            base, n = name, 1
+            while name in taken:
+                n += 1
+                name = f"{base} #{n}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+class Plan:
+    def __init__(self, processes: Sequence[Process]) -> None:
+        for p in processes:
+            if not isinstance(p, Process):
+                raise TypeError(
+                    f"PubSub takes processes (topic.subscribe() | step | ...), got {p!r} "
+                    f"of type {type(p).__name__}"
+                )
+        names = unique_names(processes)
+        self.graph = Graph.of(processes, names)
+        on_cycle = self.graph.processes_on_cycles()
+        self.steps = [
+            Step(name, p, p.is_join, name in on_cycle) for name, p in zip(names, processes, strict=True)
+        ]
+        self.names = names
+        self.cycles = self.graph.cycles
+        self.subscriptions = [Subscription(s.name, s.process.topic.name, s.join) for s in self.steps]
+        self.subscribers_all = [s for s in self.steps if not s.join]
+        self.joins = [s for s in self.steps if s.join]
+        readers: dict[str, list[Step]] = {}
+        for s in self.subscribers_all:
+            readers.setdefault(s.process.topic.name, []).append(s)
+        self.subscribers = {topic: tuple(steps) for topic, steps in readers.items()}
+        self.handles_errors = any(s.process.topic.name == ERROR_NAME for s in self.steps)

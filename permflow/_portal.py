@@ -1,0 +1,75 @@
+"""The sync facade's event loop: one long-lived background loop, shared.
+
+Connections hold loop-bound resources (a redis-py pool, events), so every sync
+call (``invoke``, ``stream``, ``batch``) runs its async twin on one background
+event loop (an anyio blocking portal on asyncio, started lazily on first use).
+This works from plain scripts, from many threads at once, and from a thread
+that runs its own event loop (a Jupyter cell).
+
+The one place where blocking on that loop would deadlock is its own thread: a
+step running on the loop that calls a sync API. There a temporary loop in a
+fresh thread serves the call instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._execution import note_blocking_call
+
+__all__ = ["portal", "run_sync"]
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_shared: BlockingPortal | None = None
+_shared_thread: threading.Thread | None = None
+
+
+def _start_shared() -> BlockingPortal:
+    global _shared, _shared_thread
+    ready = threading.Event()
+    box: list[BlockingPortal] = []
+
+    def serve() -> None:
+        import anyio
+
+        async def main() -> None:
+            async with BlockingPortal() as p:
+                box.append(p)
+                ready.set()
+                await p.sleep_until_stopped()
+
+        anyio.run(main)
+
+    thread = threading.Thread(target=serve, name="permflow-loop", daemon=True)
+    thread.start()
+    ready.wait()
+    _shared, _shared_thread = box[0], thread
+    return box[0]
+
+
+@contextmanager
+def portal() -> Iterator[BlockingPortal]:
+    """A portal to run async code from this thread without deadlocking."""
+    note_blocking_call()
+    if threading.current_thread() is _shared_thread:
+        with start_blocking_portal("asyncio") as temporary:
+            yield temporary
+        return
+    shared = _shared
+    if shared is None:
+        with _lock:
+            shared = _shared or _start_shared()
+    yield shared
+
+
+def run_sync(func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``await func(*args)`` to completion from synchronous code."""
+    with portal() as p:
+        return p.call(func, *args)

@@ -1,0 +1,87 @@
+"""A process: a chain that starts at a topic head and continues with steps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, final
+
+from ._errors import DefinitionError
+from ._runnable import Config, Runnable, RunnableSequence, coerce
+from ._topic import Head, Topic
+
+__all__ = ["Process"]
+
+
+@final
+class Process(Runnable):
+    """``topic.subscribe() | step | ...`` or ``topic.join() | step | ...``.
+
+    Inside a ``PubSub`` it runs once per message (or once per idle point for
+    a join). Outside a run, ``invoke`` runs its steps directly and its
+    publishes do nothing, which makes chains unit-testable.
+    """
+
+    def __init__(self, head: Head, steps: tuple[Runnable, ...], name: str | None = None) -> None:
+        self.head = head
+        self.steps = steps
+        self._body = steps[0] if len(steps) == 1 else RunnableSequence(*steps)
+        self._name = name if name is not None else head.name
+
+    @property
+    def topic(self) -> Topic:
+        return self.head.topic
+
+    @property
+    def is_join(self) -> bool:
+        return self.head.join
+
+    @property
+    def has_explicit_name(self) -> bool:
+        return self._name is not None
+
+    @property
+    def name(self) -> str:
+        """Deterministic name: the explicit one, else derived from the chain."""
+        if self._name is not None:
+            return self._name
+        kind = "join" if self.head.join else "subscribe"
+        steps = " | ".join(step.name for step in self.steps)
+        return f"{self.head.topic.name}.{kind} | {steps}"
+
+    def with_name(self, name: str) -> Process:
+        """This chain under an explicit, stable name (used by stored state)."""
+        if not isinstance(name, str) or not name.strip():
+            raise DefinitionError(f"a process name must be a non-empty string, got {name!r}")
+        return Process(self.head, self.steps, name)
+
+    def __or__(self, step: Any) -> Process:
+        if isinstance(step, Process):
+            raise DefinitionError(
+                f"cannot pipe process {self.name!r} into process {step.name!r}: "
+                "connect processes through a topic (publish → subscribe)"
+            )
+        return Process(self.head, (*self.steps, coerce(step)), self._name)
+
+    def __ror__(self, other: Any) -> Runnable:
+        raise DefinitionError(
+            f"a process must start with topic.subscribe() or topic.join(); cannot put "
+            f"{other!r} in front of process {self.name!r}"
+        )
+
+    async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        return await self._body.ainvoke(input, config)
+
+    def with_retry(self, **kwargs: Any) -> Process:  # type: ignore[override]
+        """Retry the whole chain for one delivery; failed attempts publish nothing."""
+        retry = Runnable.with_retry(self._body, **kwargs)
+        return Process(self.head, (retry,), self._name or self.name)
+
+    def with_timeout(self, seconds: float) -> Process:  # type: ignore[override]
+        """Fail a delivery whose chain takes longer than ``seconds``."""
+        return Process(self.head, (self._body.with_timeout(seconds),), self._name or self.name)
+
+    def _publishes(self) -> Iterator[str | None]:
+        return self._body._publishes()
+
+    def __repr__(self) -> str:
+        return f"<Process {self.name!r}>"

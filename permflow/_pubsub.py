@@ -1,0 +1,277 @@
+"""``PubSub``: processes grouped into one program over one connection."""
+
+from __future__ import annotations
+
+import math
+import queue
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, final
+
+import anyio
+
+from ._context import RUN_KEY
+from ._engine import Run, Settings
+from ._graph import Graph
+from ._message import Message
+from ._plan import Plan
+from ._portal import portal
+from ._process import Process
+from ._runnable import Config, Runnable
+from ._topic import IN_NAME, OUT_NAME, Topic
+from .connections._base import PubSubConnection
+from .connections.memory import InMemoryPubSubConnection
+
+__all__ = ["PubSub"]
+
+_SETTINGS = ("recursion_limit", "max_concurrency", "timeout", "step_timeout", "max_deliveries")
+_CONFIG_KEYS = frozenset(("state_id", *_SETTINGS))
+
+
+@final
+class PubSub(Runnable):
+    """A program made of processes that talk over topics.
+
+    ``invoke(input)`` publishes ``input`` to ``Topic.IN``, runs until idle and
+    returns what was published to ``Topic.OUT`` during the call. Runs are
+    namespaced by ``config={"state_id": ...}``; without one, a fresh id is
+    used and its state is deleted once the run finishes (a run that fails or
+    is interrupted keeps its state, reachable through ``Message.state_id``).
+    """
+
+    def __init__(
+        self,
+        *args: Process,
+        processes: Sequence[Process] = (),
+        connection: PubSubConnection | None = None,
+        recursion_limit: int = 1000,
+        max_concurrency: int | None = None,
+        timeout: float | None = None,
+        step_timeout: float | None = None,
+        max_deliveries: int = 5,
+    ) -> None:
+        if isinstance(processes, Process):
+            processes = (processes,)
+        self.processes: tuple[Process, ...] = (*args, *processes)
+        if connection is not None and not isinstance(connection, PubSubConnection):
+            raise TypeError(f"connection must be a PubSubConnection, got {connection!r}")
+        self.connection = connection if connection is not None else InMemoryPubSubConnection()
+        self._plan = Plan(self.processes)
+        self.settings = _settings(
+            Settings(),
+            dict(
+                recursion_limit=recursion_limit,
+                max_concurrency=max_concurrency,
+                timeout=timeout,
+                step_timeout=step_timeout,
+                max_deliveries=max_deliveries,
+            ),
+        )
+
+    @property
+    def process_names(self) -> list[str]:
+        """The names under which each process's progress is stored."""
+        return list(self._plan.names)
+
+    def graph(self) -> Graph:
+        """The static topology (topics × processes), with its cycles."""
+        return self._plan.graph
+
+    def with_connection(self, connection: PubSubConnection) -> PubSub:
+        """The same processes and settings over another connection."""
+        clone = PubSub(processes=self.processes, connection=connection)
+        clone.settings = self.settings
+        return clone
+
+    # -- async API: the real one --------------------------------------------
+
+    def _prepare(self, config: Config, topic: Topic | str | None) -> tuple[str, bool, Settings, str]:
+        config = dict(config or {})
+        nested = config.pop(RUN_KEY, None) is not None
+        unknown = set(config) - _CONFIG_KEYS
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
+        given = None if nested else config.get("state_id")
+        if given is not None and (not isinstance(given, str) or not given):
+            raise ValueError(f"state_id must be a non-empty string, got {given!r}")
+        state_id = given or uuid.uuid4().hex
+        name = topic.name if isinstance(topic, Topic) else Topic(topic or IN_NAME).name
+        if name == OUT_NAME:
+            raise ValueError("cannot send input to Topic.OUT")
+        return state_id, given is None, _settings(self.settings, config), name
+
+    async def ainvoke(
+        self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
+    ) -> list[Any]:
+        """Run until idle; return the values published to ``Topic.OUT`` meanwhile.
+
+        ``input=None`` publishes nothing: the run continues from stored state.
+        ``topic`` sends the input to another topic than ``Topic.IN``.
+        """
+        state_id, generated, settings, name = self._prepare(config, topic)
+        out: list[Any] = []
+
+        def collect(message: Message) -> None:
+            if message.topic == OUT_NAME:
+                out.append(message.value)
+
+        run = Run(self._plan, self.connection, state_id, settings, collect)
+        await run.execute(None if input is None else name, input)
+        if generated:
+            await self.connection.adelete(state_id)
+        return out
+
+    async def astream(
+        self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
+    ) -> AsyncIterator[Message]:
+        """Yield every message as it is published, ending when the run is idle.
+
+        Leaving early (``break``) stops the run: running steps are cancelled,
+        their deliveries stay pending and are redelivered on the next call with
+        the same state id. Close the iterator deterministically with
+        ``contextlib.aclosing`` when you may leave early.
+        """
+        state_id, generated, settings, name = self._prepare(config, topic)
+        send, receive = anyio.create_memory_object_stream[Message](math.inf)
+        failure: list[BaseException] = []
+        run = Run(self._plan, self.connection, state_id, settings, send.send_nowait)
+
+        async def drive() -> None:
+            with send:
+                try:
+                    await run.execute(None if input is None else name, input)
+                except Exception as exc:
+                    failure.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drive)
+            try:
+                with receive:
+                    async for message in receive:
+                        yield message
+            finally:
+                tg.cancel_scope.cancel()
+        if failure:
+            raise failure[0]
+        if generated:
+            await self.connection.adelete(state_id)
+
+    async def abatch(
+        self,
+        inputs: Sequence[Any],
+        config: Config | Sequence[Config] = None,
+        *,
+        max_concurrency: int | None = None,
+    ) -> list[Any]:
+        """Independent runs, concurrently; one config for all or one per input."""
+        if config is None or isinstance(config, Mapping):
+            if config and config.get("state_id") and len(inputs) > 1:
+                raise ValueError("batch runs are independent: give one config per input to set state ids")
+            configs: list[Config] = [config] * len(inputs)
+        else:
+            configs = list(config)
+            if len(configs) != len(inputs):
+                raise ValueError(f"got {len(inputs)} inputs but {len(configs)} configs")
+        results: list[Any] = [None] * len(inputs)
+        limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
+
+        async def one(i: int) -> None:
+            if limiter is None:
+                results[i] = await self.ainvoke(inputs[i], configs[i])
+            else:
+                async with limiter:
+                    results[i] = await self.ainvoke(inputs[i], configs[i])
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(inputs)):
+                tg.start_soon(one, i)
+        return results
+
+    async def apeek(self, state_id: str) -> list[Message]:
+        """The stored messages of ``state_id`` in publish order."""
+        return await self.connection.apeek(state_id)
+
+    async def adelete(self, state_id: str) -> None:
+        """Forget the stored state of ``state_id``."""
+        await self.connection.adelete(state_id)
+
+    # -- sync facade ---------------------------------------------------------
+
+    def invoke(
+        self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
+    ) -> list[Any]:
+        async def go() -> list[Any]:
+            return await self.ainvoke(input, config, topic=topic)
+
+        with portal() as p:
+            return p.call(go)
+
+    def batch(
+        self,
+        inputs: Sequence[Any],
+        config: Config | Sequence[Config] = None,
+        *,
+        max_concurrency: int | None = None,
+    ) -> list[Any]:
+        async def go() -> list[Any]:
+            return await self.abatch(inputs, config, max_concurrency=max_concurrency)
+
+        with portal() as p:
+            return p.call(go)
+
+    def peek(self, state_id: str) -> list[Message]:
+        with portal() as p:
+            return p.call(self.apeek, state_id)
+
+    def delete(self, state_id: str) -> None:
+        with portal() as p:
+            p.call(self.adelete, state_id)
+
+    def stream(
+        self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
+    ) -> Iterator[Message]:
+        """Sync twin of ``astream``; ``break`` stops the run the same way."""
+        inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        scope = anyio.CancelScope()
+
+        async def pump() -> None:
+            with scope:
+                try:
+                    async for message in self.astream(input, config, topic=topic):
+                        inbox.put(("message", message))
+                except Exception as exc:
+                    inbox.put(("error", exc))
+                    return
+            inbox.put(("end", None))
+
+        with portal() as p:
+            future = p.start_task_soon(pump)
+            try:
+                while True:
+                    kind, item = inbox.get()
+                    if kind == "message":
+                        yield item
+                    elif kind == "error":
+                        raise item
+                    else:
+                        return
+            finally:
+                if not future.done():
+                    p.call(scope.cancel)
+                    try:
+                        future.result()
+                    except BaseException:
+                        pass
+
+
+def _settings(base: Settings, overrides: Mapping[str, Any]) -> Settings:
+    values = {key: getattr(base, key) for key in _SETTINGS}
+    values.update((k, v) for k, v in overrides.items() if k in _SETTINGS)
+    limit = values["recursion_limit"]
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"recursion_limit must be a positive integer, got {limit!r}")
+    if values["max_concurrency"] is not None and values["max_concurrency"] < 1:
+        raise ValueError(f"max_concurrency must be at least 1, got {values['max_concurrency']!r}")
+    if values["max_deliveries"] < 1:
+        raise ValueError(f"max_deliveries must be at least 1, got {values['max_deliveries']!r}")
+    return Settings(**values)

@@ -1,0 +1,105 @@
+"""Retry and timeout wrappers for runnables (and whole processes)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+
+from ._context import step_context
+from ._runnable import Config, Runnable
+
+__all__ = ["RunnableRetry", "RunnableTimeout", "retry_waits_disabled", "set_retry_waits"]
+
+_waits_enabled = True
+
+
+def set_retry_waits(enabled: bool) -> None:
+    """Turn retry back-off waits on or off process-wide (off is for tests)."""
+    global _waits_enabled
+    _waits_enabled = enabled
+
+
+def retry_waits_disabled() -> bool:
+    return not _waits_enabled
+
+
+class RunnableRetry(Runnable):
+    """Runs ``inner`` again when it raises a retryable exception.
+
+    Each attempt starts from a clean slate: messages it published are
+    discarded if it fails, so only the successful attempt's publishes are
+    stored.
+    """
+
+    def __init__(
+        self,
+        inner: Runnable,
+        *,
+        attempts: int,
+        jitter: bool,
+        retry_on: tuple[type[BaseException], ...],
+        initial_wait: float,
+        max_wait: float,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError(f"stop_after_attempt must be at least 1, got {attempts}")
+        self.inner = inner
+        self.attempts = attempts
+        self.jitter = jitter
+        self.retry_on = retry_on
+        self.initial_wait = initial_wait
+        self.max_wait = max_wait
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def wait_before(self, attempt: int) -> float:
+        """Seconds to wait before attempt number ``attempt + 1``."""
+        if not _waits_enabled:
+            return 0.0
+        wait = min(self.max_wait, self.initial_wait * 2.0 ** (attempt - 1))
+        if self.jitter:
+            wait += random.uniform(0, wait)
+        return min(wait, self.max_wait)
+
+    async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        ctx = step_context(config)
+        for attempt in range(1, self.attempts + 1):
+            mark = ctx.mark() if ctx else 0
+            try:
+                return await self.inner.ainvoke(input, config)
+            except self.retry_on:
+                if ctx:
+                    ctx.rollback(mark)
+                if attempt == self.attempts:
+                    raise
+            await anyio.sleep(self.wait_before(attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _publishes(self) -> Iterator[str | None]:
+        return self.inner._publishes()
+
+
+class RunnableTimeout(Runnable):
+    """Fails with ``TimeoutError`` when one call of ``inner`` takes too long."""
+
+    def __init__(self, inner: Runnable, seconds: float) -> None:
+        if seconds <= 0:
+            raise ValueError(f"timeout must be positive, got {seconds}")
+        self.inner = inner
+        self.seconds = seconds
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        with anyio.fail_after(self.seconds):
+            return await self.inner.ainvoke(input, config)
+
+    def _publishes(self) -> Iterator[str | None]:
+        return self.inner._publishes()

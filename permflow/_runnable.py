@@ -1,0 +1,276 @@
+"""Runnables: the steps of a chain, and how ``|`` composes them.
+
+Anything that can be a step is coerced into a ``Runnable``:
+
+* a ``Runnable`` (including a ``PubSub``) as it is;
+* a ``dict`` of steps: run in parallel on the same input, giving a dict;
+* an object with ``ainvoke``/``invoke`` (e.g. a LangChain runnable);
+* an ``async def`` function: awaited on the event loop;
+* a plain function: run according to its execution policy (``_execution``).
+
+Only the async path is real: every sync method drives its async twin.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._context import step_context
+from ._execution import Execution, SyncRunner
+from ._portal import run_sync
+
+if TYPE_CHECKING:
+    from ._retry import RunnableRetry, RunnableTimeout
+
+__all__ = [
+    "Runnable",
+    "RunnableEach",
+    "RunnableLambda",
+    "RunnableParallel",
+    "RunnableSequence",
+    "coerce",
+]
+
+Config = Mapping[str, Any] | None
+
+
+class Runnable:
+    """A unit of work with sync and async entry points, composable with ``|``."""
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        raise NotImplementedError
+
+    def invoke(self, input: Any, config: Config = None) -> Any:
+        return run_sync(self.ainvoke, input, config)
+
+    async def abatch(
+        self, inputs: Sequence[Any], config: Config = None, *, max_concurrency: int | None = None
+    ) -> list[Any]:
+        """Run ``ainvoke`` on each input concurrently; results in input order."""
+        results: list[Any] = [None] * len(inputs)
+        limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
+
+        async def one(i: int, value: Any) -> None:
+            if limiter is None:
+                results[i] = await self.ainvoke(value, config)
+            else:
+                async with limiter:
+                    results[i] = await self.ainvoke(value, config)
+
+        async with anyio.create_task_group() as tg:
+            for i, value in enumerate(inputs):
+                tg.start_soon(one, i, value)
+        return results
+
+    def batch(
+        self, inputs: Sequence[Any], config: Config = None, *, max_concurrency: int | None = None
+    ) -> list[Any]:
+        async def go() -> list[Any]:
+            return await self.abatch(inputs, config, max_concurrency=max_concurrency)
+
+        return run_sync(go)
+
+    async def astream(self, input: Any, config: Config = None) -> AsyncIterator[Any]:
+        yield await self.ainvoke(input, config)
+
+    def stream(self, input: Any, config: Config = None) -> Iterator[Any]:
+        yield self.invoke(input, config)
+
+    def __or__(self, other: Any) -> Runnable:
+        return RunnableSequence(self, coerce(other))
+
+    def __ror__(self, other: Any) -> Runnable:
+        return RunnableSequence(coerce(other), self)
+
+    def map(self) -> RunnableEach:
+        """A runnable applying this one to each element of a list, concurrently."""
+        return RunnableEach(self)
+
+    def with_retry(
+        self,
+        *,
+        stop_after_attempt: int = 3,
+        wait_exponential_jitter: bool = True,
+        retry_if_exception_type: tuple[type[BaseException], ...] = (Exception,),
+        initial_wait: float = 0.1,
+        max_wait: float = 10.0,
+    ) -> RunnableRetry:
+        """Retry this runnable when it raises one of ``retry_if_exception_type``.
+
+        Waits ``initial_wait * 2**n`` seconds (capped at ``max_wait``) between
+        attempts, with random jitter of up to the same amount when
+        ``wait_exponential_jitter`` is true. Messages published by a failed
+        attempt are discarded.
+        """
+        from ._retry import RunnableRetry
+
+        return RunnableRetry(
+            self,
+            attempts=stop_after_attempt,
+            jitter=wait_exponential_jitter,
+            retry_on=retry_if_exception_type,
+            initial_wait=initial_wait,
+            max_wait=max_wait,
+        )
+
+    def with_timeout(self, seconds: float) -> RunnableTimeout:
+        """Fail with ``TimeoutError`` if one call takes longer than ``seconds``."""
+        from ._retry import RunnableTimeout
+
+        return RunnableTimeout(self, seconds)
+
+    def _publishes(self) -> Iterator[str | None]:
+        """Topics this runnable may publish to (None: decided at run time)."""
+        return iter(())
+
+
+class RunnableLambda(Runnable):
+    """A step made from a function (sync or async).
+
+    ``execution`` chooses where a sync function runs: ``"auto"`` (default,
+    see ``permflow._execution``), ``"thread"`` or ``"inline"``.
+    """
+
+    def __init__(self, func: Callable[[Any], Any], *, execution: Execution = "auto") -> None:
+        if not callable(func):
+            raise TypeError(f"expected a callable, got {func!r}")
+        self.func = func
+        self._is_async = _is_async_callable(func)
+        self._runner = None if self._is_async else SyncRunner(func, execution)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.func, "__qualname__", None) or type(self.func).__name__
+
+    async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        if self._runner is None:
+            return await self.func(input)
+        ctx = step_context(config)
+        return await self._runner.run(input, ctx.limiter if ctx else None)
+
+    def __repr__(self) -> str:
+        return f"RunnableLambda({self.name})"
+
+
+class RunnableSequence(Runnable):
+    """Steps run one after another, each getting the previous one's output."""
+
+    def __init__(self, *steps: Runnable) -> None:
+        flat: list[Runnable] = []
+        for step in steps:
+            flat.extend(step.steps if isinstance(step, RunnableSequence) else (step,))
+        self.steps: tuple[Runnable, ...] = tuple(flat)
+
+    @property
+    def name(self) -> str:
+        return "/".join(step.name for step in self.steps)
+
+    async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        for step in self.steps:
+            input = await step.ainvoke(input, config)
+        return input
+
+    def _publishes(self) -> Iterator[str | None]:
+        for step in self.steps:
+            yield from step._publishes()
+
+
+class RunnableParallel(Runnable):
+    """Steps run concurrently on the same input; gives a dict of their outputs."""
+
+    def __init__(self, steps: Mapping[str, Any]) -> None:
+        self.steps = {key: coerce(value) for key, value in steps.items()}
+
+    @property
+    def name(self) -> str:
+        return "{" + ",".join(self.steps) + "}"
+
+    async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        out: dict[str, Any] = {}
+
+        async def one(key: str, step: Runnable) -> None:
+            out[key] = await step.ainvoke(input, config)
+
+        async with anyio.create_task_group() as tg:
+            for key, step in self.steps.items():
+                tg.start_soon(one, key, step)
+        return {key: out[key] for key in self.steps}
+
+    def _publishes(self) -> Iterator[str | None]:
+        for step in self.steps.values():
+            yield from step._publishes()
+
+
+class RunnableEach(Runnable):
+    """Applies a runnable to each element of an iterable, concurrently."""
+
+    def __init__(self, inner: Runnable) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        return f"map({self.inner.name})"
+
+    async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        items = list(input)
+        out: list[Any] = [None] * len(items)
+
+        async def one(i: int, item: Any) -> None:
+            out[i] = await self.inner.ainvoke(item, config)
+
+        async with anyio.create_task_group() as tg:
+            for i, item in enumerate(items):
+                tg.start_soon(one, i, item)
+        return out
+
+    def _publishes(self) -> Iterator[str | None]:
+        return self.inner._publishes()
+
+
+class _RunnableAdapter(Runnable):
+    """Wraps a foreign runnable (anything with ``ainvoke`` or ``invoke``)."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+        self._sync = None if hasattr(obj, "ainvoke") else SyncRunner(obj.invoke, "thread")
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.obj, "name", None) or type(self.obj).__name__)
+
+    async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        if self._sync is None:
+            return await self.obj.ainvoke(input)
+        ctx = step_context(config)
+        return await self._sync.run(input, ctx.limiter if ctx else None)
+
+
+def _is_async_callable(func: Any) -> bool:
+    while hasattr(func, "func") and not inspect.isfunction(func):  # functools.partial
+        func = func.func
+    call = None if inspect.isroutine(func) else type(func).__dict__.get("__call__")
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
+
+
+def coerce(thing: Any) -> Runnable:
+    """Turn anything usable as a step into a ``Runnable``."""
+    if isinstance(thing, Runnable):
+        return thing
+    if isinstance(thing, Mapping):
+        return RunnableParallel(thing)
+    if hasattr(thing, "ainvoke") or hasattr(thing, "invoke"):
+        return _RunnableAdapter(thing)
+    if callable(thing):
+        return RunnableLambda(thing)
+    raise TypeError(
+        f"cannot use {thing!r} (type {type(thing).__name__}) as a step: expected a "
+        "function, an async function, a dict of steps or a runnable"
+    )

@@ -1,0 +1,126 @@
+"""The connection protocol: everything the engine asks of a store.
+
+A connection owns the truth about a run (state id): the log of messages, the
+cursor of every process on every topic it reads, and which deliveries are in
+flight and with whom. The engine owns nothing durable; it fetches deliveries,
+runs steps, and commits each delivery's outputs together with its ack.
+
+Owners are opaque strings naming one live driver (one run of one PubSub, or
+one worker). A delivery belongs to its owner until it is committed, released,
+or (for stores that outlive processes) its lease expires.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from .._message import Delivery, Message
+
+__all__ = ["PubSubConnection", "Subscription"]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """Process ``process`` reads ``topic``: once per message, or joined."""
+
+    process: str
+    topic: str
+    join: bool = False
+
+
+class PubSubConnection(ABC):
+    """The async interface between the engine and a store.
+
+    Implementations must pass ``permflow.testing.ConnectionSuite``.
+    Every method may raise ``ConnectionFailedError`` when the store cannot be
+    reached.
+    """
+
+    #: Seconds after which deliveries held by a silent owner may be reclaimed
+    #: by ``fetch``. ``math.inf`` for stores that die with their owners.
+    lease: float
+
+    @abstractmethod
+    async def register(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
+        """Declare readers of ``state_id``. A process seen for the first time
+        starts at the beginning of its topic (it will see earlier messages).
+        Registering again is a no-op. Raises ``DefinitionError`` if a known
+        process name is registered with another topic or mode."""
+
+    @abstractmethod
+    async def publish(self, state_id: str, messages: Sequence[Message]) -> list[Message]:
+        """Store ``messages`` (not caused by any delivery); return them with ids.
+        Raises ``SerializationError`` (storing nothing) for unstorable values."""
+
+    @abstractmethod
+    async def fetch(
+        self, state_id: str, process: str, *, owner: str, limit: int | None = None
+    ) -> list[Delivery]:
+        """Hand ``owner`` the deliveries ``process`` has not finished: released or
+        lease-expired ones first, then new messages, in publish order. A join
+        process gets all of them as one delivery. Raises ``KeyError`` if the
+        process is not registered."""
+
+    @abstractmethod
+    async def commit(
+        self, delivery: Delivery, messages: Sequence[Message], *, owner: str
+    ) -> list[Message] | None:
+        """Atomically store ``messages`` and ack ``delivery``. Returns the stored
+        messages, or None (storing nothing) if ``owner`` no longer holds the
+        delivery. Raises ``SerializationError`` (storing nothing) for
+        unstorable values."""
+
+    @abstractmethod
+    async def release(self, state_id: str, owner: str) -> None:
+        """Hand back every delivery of ``state_id`` held by ``owner`` so that the
+        next ``fetch`` redelivers it."""
+
+    async def renew(self, state_id: str, owner: str) -> None:  # noqa: B027
+        """Keep the leases of ``owner``'s deliveries alive (stores with leases)."""
+
+    @abstractmethod
+    async def outstanding(self, state_id: str, processes: Sequence[str]) -> dict[str, int]:
+        """For each process: messages it has not yet acked (in flight or not
+        yet fetched). Unknown processes count 0."""
+
+    @abstractmethod
+    async def apeek(self, state_id: str) -> list[Message]:
+        """Every stored message of ``state_id``, in global publish order."""
+
+    @abstractmethod
+    async def wait_for_change(self, state_id: str, max_seconds: float) -> None:
+        """Return when ``state_id`` may have changed (a commit, publish or
+        release), or after ``max_seconds``."""
+
+    @abstractmethod
+    async def adelete(self, state_id: str) -> None:
+        """Forget everything about ``state_id``. Deleting an unknown id is a no-op."""
+
+    def peek(self, state_id: str) -> list[Message]:
+        """Sync twin of ``apeek`` (runs on permflow's background loop)."""
+        from .._portal import run_sync
+
+        return run_sync(self.apeek, state_id)
+
+    def delete(self, state_id: str) -> None:
+        """Sync twin of ``adelete``."""
+        from .._portal import run_sync
+
+        run_sync(self.adelete, state_id)
+
+    async def aclose(self) -> None:  # noqa: B027
+        """Release the connection's resources."""
+
+    async def __aenter__(self) -> PubSubConnection:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

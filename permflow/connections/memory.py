@@ -1,0 +1,212 @@
+"""The embedded default connection: everything in this process's memory."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import final
+
+import anyio
+
+from .._errors import DefinitionError
+from .._message import Delivery, Message
+from ._base import PubSubConnection, Subscription
+
+__all__ = ["InMemoryPubSubConnection"]
+
+
+class _Pending:
+    __slots__ = ("attempts", "owner")
+
+    def __init__(self, owner: str | None, attempts: int) -> None:
+        self.owner = owner
+        self.attempts = attempts
+
+
+class _Group:
+    """One process's view of its topic: a cursor and what is in flight."""
+
+    __slots__ = ("cursor", "join", "pending", "topic")
+
+    def __init__(self, topic: str, join: bool) -> None:
+        self.topic = topic
+        self.join = join
+        self.cursor = 0
+        self.pending: dict[int, _Pending] = {}
+
+
+class _State:
+    __slots__ = ("groups", "log", "topics", "waiters")
+
+    def __init__(self) -> None:
+        self.log: list[Message] = []
+        self.topics: dict[str, list[Message]] = {}
+        self.groups: dict[str, _Group] = {}
+        self.waiters: list[tuple[int, anyio.Event]] = []
+
+
+@final
+class InMemoryPubSubConnection(PubSubConnection):
+    """Keeps runs in memory. Values are stored by reference, never copied.
+
+    Safe to share between threads and event loops. State of a state id lives
+    until ``delete`` (PubSub deletes the state of runs it named itself once
+    they finish).
+    """
+
+    lease = math.inf
+
+    def __init__(self) -> None:
+        self._states: dict[str, _State] = {}
+        self._lock = threading.Lock()
+
+    def _state(self, state_id: str) -> _State:
+        state = self._states.get(state_id)
+        if state is None:
+            state = self._states[state_id] = _State()
+        return state
+
+    async def register(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
+        with self._lock:
+            groups = self._state(state_id).groups
+            for sub in subscriptions:
+                group = groups.get(sub.process)
+                if group is None:
+                    groups[sub.process] = _Group(sub.topic, sub.join)
+                elif (group.topic, group.join) != (sub.topic, sub.join):
+                    raise DefinitionError(
+                        f"process {sub.process!r} is registered in state {state_id!r} as "
+                        f"reading topic {group.topic!r}; it cannot now read {sub.topic!r}. "
+                        "Give the new chain another name."
+                    )
+
+    def _store(self, state: _State, state_id: str, messages: Sequence[Message]) -> list[Message]:
+        stored = []
+        log, topics = state.log, state.topics
+        for m in messages:
+            msg = Message(m.topic, m.value, state_id, m.published_at, str(len(log)), m.depth, m.trail)
+            log.append(msg)
+            per_topic = topics.get(m.topic)
+            if per_topic is None:
+                topics[m.topic] = [msg]
+            else:
+                per_topic.append(msg)
+            stored.append(msg)
+        return stored
+
+    def _notify(self, state: _State) -> None:
+        if state.waiters:
+            me = threading.get_ident()
+            for thread, event in state.waiters:
+                if thread == me:  # other threads' waiters time out and re-check
+                    event.set()
+            state.waiters = [w for w in state.waiters if w[0] != me]
+
+    async def publish(self, state_id: str, messages: Sequence[Message]) -> list[Message]:
+        with self._lock:
+            state = self._state(state_id)
+            stored = self._store(state, state_id, messages)
+            self._notify(state)
+            return stored
+
+    async def fetch(
+        self, state_id: str, process: str, *, owner: str, limit: int | None = None
+    ) -> list[Delivery]:
+        with self._lock:
+            state = self._states.get(state_id)
+            if state is None:
+                return []
+            group = state.groups[process]
+            messages = state.topics.get(group.topic, ())
+            positions: list[int] = []
+            for position, pending in group.pending.items():
+                if pending.owner is None:
+                    pending.owner = owner
+                    pending.attempts += 1
+                    positions.append(position)
+            while group.cursor < len(messages):
+                group.pending[group.cursor] = _Pending(owner, 1)
+                positions.append(group.cursor)
+                group.cursor += 1
+            if not positions:
+                return []
+            if group.join:
+                attempt = max(group.pending[p].attempts for p in positions)
+                batch = tuple(messages[p] for p in positions)
+                return [Delivery(state_id, process, batch, attempt, tuple(positions))]
+            if limit is not None and len(positions) > limit:
+                for p in positions[limit:]:
+                    group.pending[p].owner = None
+                    group.pending[p].attempts -= 1
+                positions = positions[:limit]
+            return [
+                Delivery(state_id, process, (messages[p],), group.pending[p].attempts, (p,))
+                for p in positions
+            ]
+
+    async def commit(
+        self, delivery: Delivery, messages: Sequence[Message], *, owner: str
+    ) -> list[Message] | None:
+        with self._lock:
+            state = self._states.get(delivery.state_id)
+            if state is None:
+                return None
+            group = state.groups.get(delivery.process)
+            if group is None:
+                return None
+            pending = group.pending
+            for position in delivery.handle:
+                entry = pending.get(position)
+                if entry is None or entry.owner != owner:
+                    return None
+            for position in delivery.handle:
+                del pending[position]
+            stored = self._store(state, delivery.state_id, messages)
+            self._notify(state)
+            return stored
+
+    async def release(self, state_id: str, owner: str) -> None:
+        with self._lock:
+            state = self._states.get(state_id)
+            if state is None:
+                return
+            for group in state.groups.values():
+                for entry in group.pending.values():
+                    if entry.owner == owner:
+                        entry.owner = None
+            self._notify(state)
+
+    async def outstanding(self, state_id: str, processes: Sequence[str]) -> dict[str, int]:
+        with self._lock:
+            state = self._states.get(state_id)
+            counts = dict.fromkeys(processes, 0)
+            if state is None:
+                return counts
+            for name in processes:
+                group = state.groups.get(name)
+                if group is not None:
+                    backlog = len(state.topics.get(group.topic, ())) - group.cursor
+                    counts[name] = backlog + len(group.pending)
+            return counts
+
+    async def apeek(self, state_id: str) -> list[Message]:
+        with self._lock:
+            state = self._states.get(state_id)
+            return list(state.log) if state else []
+
+    async def wait_for_change(self, state_id: str, max_seconds: float) -> None:
+        event = anyio.Event()
+        with self._lock:
+            self._state(state_id).waiters.append((threading.get_ident(), event))
+        with anyio.move_on_after(min(max_seconds, 0.05)):
+            await event.wait()
+
+    async def adelete(self, state_id: str) -> None:
+        with self._lock:
+            self._states.pop(state_id, None)
+
+    def state_ids(self) -> list[str]:
+        """State ids currently kept (for inspection and retention tests)."""
+        with self._lock:
+            return list(self._states)
