@@ -1,0 +1,91 @@
+"""Shared fixtures: async backends, retry waits off, and a real Redis server.
+
+Redis is found in this order: ``PERMFLOW_TEST_REDIS_URL``; a server on
+127.0.0.1:6379; a throwaway ``redis-server`` started on a free port (if the
+binary is on PATH). Under ``CI=true`` a missing Redis fails the tests that
+need it; elsewhere they are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from permflow._retry import set_retry_waits
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_retry_waits() -> Iterator[None]:
+    set_retry_waits(False)
+    yield
+    set_retry_waits(True)
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a real Redis server for this test session."""
+    url = os.environ.get("PERMFLOW_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if _reachable("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "no Redis: set PERMFLOW_TEST_REDIS_URL, run one on 127.0.0.1:6379, or install redis-server"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="permflow-redis-")
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not _reachable("127.0.0.1", port):
+        if time.monotonic() > deadline or server.poll() is not None:
+            server.kill()
+            pytest.fail(f"could not start redis-server on port {port}")
+        time.sleep(0.05)  # waiting for an external server to listen, not synchronising tests
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test shares."""
+    return f"permflow-test-{uuid.uuid4().hex[:12]}"
