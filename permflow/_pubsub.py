@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import queue
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from typing import Any, final
 
 import anyio
@@ -123,7 +123,7 @@ class PubSub(Runnable):
 
     async def astream(
         self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
-    ) -> AsyncIterator[Message]:
+    ) -> AsyncGenerator[Message, None]:
         """Yield every message as it is published, ending when the run is idle.
 
         Leaving early (``break``) stops the run: running steps are cancelled,
@@ -134,7 +134,14 @@ class PubSub(Runnable):
         state_id, generated, settings, name = self._prepare(config, topic)
         send, receive = anyio.create_memory_object_stream[Message](math.inf)
         failure: list[BaseException] = []
-        run = Run(self._plan, self.connection, state_id, settings, send.send_nowait)
+
+        def emit(message: Message) -> None:
+            try:
+                send.send_nowait(message)
+            except anyio.BrokenResourceError:
+                pass  # the consumer left; the run is being cancelled
+
+        run = Run(self._plan, self.connection, state_id, settings, emit)
 
         async def drive() -> None:
             with send:
@@ -143,14 +150,19 @@ class PubSub(Runnable):
                 except Exception as exc:
                     failure.append(exc)
 
+        left_early = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(drive)
             try:
                 with receive:
                     async for message in receive:
                         yield message
+            except GeneratorExit:
+                left_early = True
             finally:
                 tg.cancel_scope.cancel()
+        if left_early:
+            return
         if failure:
             raise failure[0]
         if generated:
