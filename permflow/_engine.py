@@ -13,6 +13,9 @@ when joins have nothing new either, the run is idle and ends.
 
 from __future__ import annotations
 
+import itertools
+import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +39,8 @@ __all__ = ["Run", "Settings"]
 
 _HOPS_BETWEEN_CHECKPOINTS = 32
 _DEFAULT_THREADS = 40
+_OWNER_TAG = uuid.uuid4().hex[:12]
+_owner_numbers = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +69,9 @@ class Run:
         self.state_id = state_id
         self.settings = settings
         self.emit = emit
-        self.owner = f"run-{uuid.uuid4().hex}"
+        self.owner = f"{_OWNER_TAG}.{os.getpid()}.{next(_owner_numbers)}"
         self._active = 0
+        self._held = 0
         self._quiet: anyio.Event | None = None
         self._failure: BaseException | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -78,37 +84,55 @@ class Run:
         conn, sid = self.conn, self.state_id
         await conn.register(sid, self.plan.subscriptions)
         timeout = self.settings.timeout
+        deadline = None if timeout is None else anyio.move_on_after(timeout)
         try:
-            with anyio.move_on_after(timeout) as deadline:
-                async with anyio.create_task_group() as tg:
-                    self._tg = tg
-                    if conn.lease != float("inf"):
-                        tg.start_soon(self._renew_leases)
-                    if topic is not None:
-                        first = Message(topic, value, sid, time.time())
-                        for stored in await conn.publish(sid, [first]):
-                            self.emit(stored)
-                    await self._drive()
-                    tg.cancel_scope.cancel()
+            if deadline is None:
+                await self._run_group(topic, value)
+            else:
+                with deadline:
+                    await self._run_group(topic, value)
         finally:
-            with anyio.CancelScope(shield=True):
-                await conn.release(sid, self.owner)
+            if self._held:  # deliveries fetched but not committed: hand them back
+                with anyio.CancelScope(shield=True):
+                    await conn.release(sid, self.owner)
         if self._failure is not None:
             raise self._failure
-        if deadline.cancelled_caught:
+        if deadline is not None and deadline.cancelled_caught:
             raise RunTimeoutError(
                 f"run {sid!r} did not finish within timeout={timeout}s; its unfinished "
                 "deliveries stay pending: invoke the same state id again to resume"
             )
+
+    async def _run_group(self, topic: str | None, value: Any) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            if self.conn.lease != math.inf:
+                tg.start_soon(self._renew_leases)
+            first: list[tuple[Step, Delivery]] = []
+            if topic is not None:
+                message = Message(topic, value, self.state_id, time.time())
+                stored = await self.conn.publish(self.state_id, [message])
+                first = await self._fetch_readers(stored)
+            await self._drive(first)
+            tg.cancel_scope.cancel()
 
     async def _renew_leases(self) -> None:
         while True:
             await anyio.sleep(self.conn.lease / 3)
             await self.conn.renew(self.state_id, self.owner)
 
-    async def _drive(self) -> None:
+    async def _drive(self, ready: list[tuple[Step, Delivery]]) -> None:
+        """Run ``ready`` (the last one in this task), then whatever the
+        connection reports outstanding, until the run is idle."""
         plan, conn, sid = self.plan, self.conn, self.state_id
         while self._failure is None:
+            if ready:
+                for extra in ready[:-1]:
+                    self._start(*extra)
+                self._active += 1
+                await self._work(*ready[-1])
+                ready = []
+                continue
             if self._active:
                 self._quiet = anyio.Event()
                 await self._quiet.wait()
@@ -119,16 +143,30 @@ class Run:
                 waiting = [s for s in plan.joins if counts[s.name]]
                 if not waiting:
                     return
-            if not await self._fetch_and_start(waiting):
+            for step in waiting:
+                ready.extend((step, d) for d in await self._fetch(step))
+            if not ready:
                 await conn.wait_for_change(sid, self.settings.poll_interval)
 
-    async def _fetch_and_start(self, steps: list[Step]) -> int:
-        started = 0
-        for step in steps:
-            for delivery in await self.conn.fetch(self.state_id, step.name, owner=self.owner):
-                self._start(step, delivery)
-                started += 1
-        return started
+    async def _fetch(self, step: Step) -> list[Delivery]:
+        deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner)
+        self._held += len(deliveries)
+        return deliveries
+
+    async def _fetch_readers(self, stored: list[Message]) -> list[tuple[Step, Delivery]]:
+        """Emit ``stored`` and fetch what it gave the processes reading it."""
+        emit = self.emit
+        for message in stored:
+            emit(message)
+        subscribers = self.plan.subscribers
+        if len(stored) == 1:
+            readers = subscribers.get(stored[0].topic, ())
+        else:
+            readers = tuple(dict.fromkeys(s for m in stored for s in subscribers.get(m.topic, ())))
+        follow: list[tuple[Step, Delivery]] = []
+        for reader in readers:
+            follow.extend((reader, new) for new in await self._fetch(reader))
+        return follow
 
     def _start(self, step: Step, delivery: Delivery) -> None:
         assert self._tg is not None
@@ -204,21 +242,10 @@ class Run:
         self, step: Step, delivery: Delivery, outputs: list[Message]
     ) -> list[tuple[Step, Delivery]]:
         stored = await self.conn.commit(delivery, outputs, owner=self.owner)
+        self._held -= 1
         if not stored:
             return []  # nothing published, or another owner committed it first
-        emit = self.emit
-        for message in stored:
-            emit(message)
-        subscribers = self.plan.subscribers
-        if len(stored) == 1:
-            readers = subscribers.get(stored[0].topic, ())
-        else:
-            readers = tuple(dict.fromkeys(s for m in stored for s in subscribers.get(m.topic, ())))
-        follow: list[tuple[Step, Delivery]] = []
-        for reader in readers:
-            for new in await self.conn.fetch(self.state_id, reader.name, owner=self.owner):
-                follow.append((reader, new))
-        return follow
+        return await self._fetch_readers(stored)
 
     async def _dead_letter(
         self, step: Step, delivery: Delivery, source: Message

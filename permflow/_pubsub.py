@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
 import queue
-import uuid
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from typing import Any, final
 
@@ -94,7 +94,7 @@ class PubSub(Runnable):
         given = None if nested else config.get("state_id")
         if given is not None and (not isinstance(given, str) or not given):
             raise ValueError(f"state_id must be a non-empty string, got {given!r}")
-        state_id = given or uuid.uuid4().hex
+        state_id = given or os.urandom(16).hex()
         name = topic.name if isinstance(topic, Topic) else Topic(topic or IN_NAME).name
         if name == OUT_NAME:
             raise ValueError("cannot send input to Topic.OUT")
