@@ -88,24 +88,40 @@ class Graph:
                 todo.extend(self._successors(node))
         return False
 
+    def _edge_on_cycle(self, writer: str, topic: str, on_cycle: set[str]) -> bool:
+        """Whether ``writer`` → ``topic`` → some reader lies on a cycle."""
+        if writer not in on_cycle:
+            return False
+        return any(
+            reader in on_cycle and (reader == writer or self._reaches(reader, writer))
+            for reader, read in self.reads.items()
+            if read == topic
+        )
+
     def to_mermaid(self) -> str:
         """Mermaid flowchart text: topics as stadiums, processes as boxes,
-        edges on cycles drawn thick."""
+        edges that lie on a cycle drawn thick (``==>``)."""
         on_cycle = self.processes_on_cycles()
         topic_ids = {t: f"t{i}" for i, t in enumerate(self.topics)}
+        writers: dict[str, list[str]] = {}
+        for process, targets in self.writes.items():
+            for target in targets:
+                writers.setdefault(target, []).append(process)
         lines = ["flowchart LR"]
         for topic, tid in topic_ids.items():
             lines.append(f'  {tid}(["{_escape(topic)}"])')
         for i, process in enumerate(self.reads):
-            pid = f"p{i}"
+            pid, topic = f"p{i}", self.reads[process]
             lines.append(f'  {pid}["{_escape(process)}"]')
-            arrow = "==>" if process in on_cycle else "-->"
+            looped = any(self._edge_on_cycle(w, topic, on_cycle) for w in writers.get(topic, ()))
+            arrow = "==>" if looped and process in on_cycle else "-->"
             label = "|join|" if process in self.joins else ""
-            lines.append(f"  {topic_ids[self.reads[process]]} {arrow}{label} {pid}")
+            lines.append(f"  {topic_ids[topic]} {arrow}{label} {pid}")
             for target in self.writes[process]:
                 if target == DYNAMIC:
                     lines.append(f'  {pid} -.-> dyn{i}(["? (route)"])')
                 else:
+                    arrow = "==>" if self._edge_on_cycle(process, target, on_cycle) else "-->"
                     lines.append(f"  {pid} {arrow} {topic_ids[target]}")
         return "\n".join(lines)
 
