@@ -11,6 +11,7 @@ from typing import Any, final
 import anyio
 
 from ._context import RUN_KEY
+from ._detached import Detached
 from ._engine import Run, Settings
 from ._graph import Graph
 from ._message import Message
@@ -128,8 +129,9 @@ class PubSub(Runnable):
 
         Leaving early (``break``) stops the run: running steps are cancelled,
         their deliveries stay pending and are redelivered on the next call with
-        the same state id. Close the iterator deterministically with
-        ``contextlib.aclosing`` when you may leave early.
+        the same state id. A bare ``break`` is safe; ``contextlib.aclosing``
+        makes the stop happen right at the ``break`` rather than when the
+        iterator is garbage-collected.
         """
         state_id, generated, settings, name = self._prepare(config, topic)
         send, receive = anyio.create_memory_object_stream[Message](math.inf)
@@ -150,19 +152,14 @@ class PubSub(Runnable):
                 except Exception as exc:
                     failure.append(exc)
 
-        left_early = False
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(drive)
-            try:
-                with receive:
-                    async for message in receive:
-                        yield message
-            except GeneratorExit:
-                left_early = True
-            finally:
-                tg.cancel_scope.cancel()
-        if left_early:
-            return
+        helper = Detached(drive)
+        helper.start()
+        try:
+            with receive:
+                async for message in receive:
+                    yield message
+        finally:
+            await helper.stop()
         if failure:
             raise failure[0]
         if generated:

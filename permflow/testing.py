@@ -270,6 +270,30 @@ class ConnectionSuite:
             [("__in__", "x"), ("ask", "question about x"), ("__out__", "slow x")]
         )
 
+    async def test_bare_break_out_of_astream_is_safe(self, connection: PubSubConnection) -> None:
+        """A plain ``break`` (no aclosing) still stops the run, and the state id resumes."""
+        ask = Topic("ask")
+        calls: list[str] = []
+
+        async def slow(x: str) -> str:
+            calls.append(x)
+            if len(calls) == 1:
+                await anyio.Event().wait()  # never set: the first run is interrupted here
+            return x.upper()
+
+        pubsub = PubSub(
+            Topic.IN.subscribe(name="ask") | (lambda x: x) | ask.publish(),
+            Topic.IN.subscribe(name="slow") | slow | Topic.OUT.publish(),
+            connection=connection,
+        )
+        config = {"state_id": "bare-break"}
+        with anyio.fail_after(BACKSTOP):
+            async for message in pubsub.astream("q", config):
+                if message.topic == "ask":
+                    break
+            assert await pubsub.ainvoke(None, config) == ["Q"]
+        assert calls == ["q", "q"]
+
     async def test_human_in_the_loop(self, connection: PubSubConnection) -> None:
         """A question is published, the consumer breaks out, and resumes the state id with an answer."""
         ask, answer = Topic("ask"), Topic("answer")
