@@ -1,5 +1,10 @@
-"""The smallest permflow program: two chains talking over a topic."""
+"""The smallest permflow program: two chains talking over a topic.
 
+Run it with ``python examples/quickstart.py``.
+"""
+
+# The lines between the fmt markers are the README's first snippet, character for character.
+# fmt: off
 from permflow import InMemoryPubSubConnection, PubSub, Topic
 
 topic_one = Topic("one")
@@ -10,4 +15,6 @@ conn = InMemoryPubSubConnection()
 pubsub = PubSub(processes=(chain_one, chain_two), connection=conn)
 
 assert pubsub.invoke('a') == ['abc']
-print(pubsub.invoke('a'))
+# fmt: on
+
+print(pubsub.invoke("a"))
