@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import os
 import queue
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, final
 
 import anyio
 
 from ._context import RUN_KEY
-from ._detached import Detached
 from ._engine import Run, Settings
 from ._graph import Graph
 from ._message import Message
@@ -19,6 +17,7 @@ from ._plan import Plan
 from ._portal import portal
 from ._process import Process
 from ._runnable import Config, Runnable
+from ._stream import MessageStream
 from ._topic import IN_NAME, OUT_NAME, Topic
 from .connections._base import PubSubConnection
 from .connections.memory import InMemoryPubSubConnection
@@ -122,48 +121,28 @@ class PubSub(Runnable):
             await self.connection.adelete(state_id)
         return out
 
-    async def astream(
+    def astream(
         self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
-    ) -> AsyncGenerator[Message, None]:
+    ) -> MessageStream:
         """Yield every message as it is published, ending when the run is idle.
 
-        Leaving early (``break``) stops the run: running steps are cancelled,
-        their deliveries stay pending and are redelivered on the next call with
-        the same state id. A bare ``break`` is safe; ``contextlib.aclosing``
-        makes the stop happen right at the ``break`` rather than when the
-        iterator is garbage-collected.
+        Leaving early stops the run: running steps are cancelled, their
+        deliveries stay pending and are redelivered on the next call with the
+        same state id. A bare ``break`` is safe; ``async with
+        pubsub.astream(...) as stream`` makes the stop happen right there
+        rather than when the iterator is collected.
         """
         state_id, generated, settings, name = self._prepare(config, topic)
-        send, receive = anyio.create_memory_object_stream[Message](math.inf)
-        failure: list[BaseException] = []
 
-        def emit(message: Message) -> None:
-            try:
-                send.send_nowait(message)
-            except anyio.BrokenResourceError:
-                pass  # the consumer left; the run is being cancelled
+        async def run(emit: Callable[[Message], None]) -> None:
+            engine = Run(self._plan, self.connection, state_id, settings, emit)
+            await engine.execute(None if input is None else name, input)
 
-        run = Run(self._plan, self.connection, state_id, settings, emit)
+        async def finish() -> None:
+            if generated:
+                await self.connection.adelete(state_id)
 
-        async def drive() -> None:
-            with send:
-                try:
-                    await run.execute(None if input is None else name, input)
-                except Exception as exc:
-                    failure.append(exc)
-
-        helper = Detached(drive)
-        helper.start()
-        try:
-            with receive:
-                async for message in receive:
-                    yield message
-        finally:
-            await helper.stop()
-        if failure:
-            raise failure[0]
-        if generated:
-            await self.connection.adelete(state_id)
+        return MessageStream(run, finish)
 
     async def abatch(
         self,
@@ -246,8 +225,9 @@ class PubSub(Runnable):
         async def pump() -> None:
             with scope:
                 try:
-                    async for message in self.astream(input, config, topic=topic):
-                        inbox.put(("message", message))
+                    async with self.astream(input, config, topic=topic) as messages:
+                        async for message in messages:
+                            inbox.put(("message", message))
                 except Exception as exc:
                     inbox.put(("error", exc))
                     return

@@ -14,7 +14,7 @@ Only the async path is real: every sync method drives its async twin.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -78,7 +78,7 @@ class Runnable:
 
         return run_sync(go)
 
-    async def astream(self, input: Any, config: Config = None) -> AsyncGenerator[Any, None]:
+    async def astream(self, input: Any, config: Config = None) -> AsyncIterator[Any]:
         yield await self.ainvoke(input, config)
 
     def stream(self, input: Any, config: Config = None) -> Iterator[Any]:

@@ -16,7 +16,6 @@ retry back-off waits to zero for fast tests.
 
 from __future__ import annotations
 
-from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -230,7 +229,7 @@ class ConnectionSuite:
     async def test_stream_yields_every_message_then_ends(self, connection: PubSubConnection) -> None:
         """stream yields IN, intermediate and OUT messages as they are published, then stops."""
         with anyio.fail_after(BACKSTOP):
-            async with aclosing(_chain_abc(connection).astream("a", {"state_id": "st"})) as stream:
+            async with _chain_abc(connection).astream("a", {"state_id": "st"}) as stream:
                 got = [(m.topic, m.value, m.state_id) async for m in stream]
         assert got == [("__in__", "a", "st"), ("one", "ab", "st"), ("__out__", "abc", "st")]
 
@@ -258,7 +257,7 @@ class ConnectionSuite:
         )
         config = {"state_id": "hitl"}
         with anyio.fail_after(BACKSTOP):
-            async with aclosing(pubsub.astream("x", config)) as stream:
+            async with pubsub.astream("x", config) as stream:
                 async for message in stream:
                     if message.topic == "ask":
                         break
@@ -304,7 +303,7 @@ class ConnectionSuite:
         )
         config = {"state_id": "paint"}
         with anyio.fail_after(BACKSTOP):
-            async with aclosing(pubsub.astream("car", config)) as stream:
+            async with pubsub.astream("car", config) as stream:
                 question = [m.value async for m in stream if m.topic == "ask"]
             assert question == ["colour for car?"]
             assert await pubsub.ainvoke("red", config, topic=answer) == ["painted red"]
