@@ -21,11 +21,19 @@ class Process(Runnable):
     publishes do nothing, which makes chains unit-testable.
     """
 
-    def __init__(self, head: Head, steps: tuple[Runnable, ...], name: str | None = None) -> None:
+    def __init__(
+        self,
+        head: Head,
+        steps: tuple[Runnable, ...],
+        name: str | None = None,
+        *,
+        derived: str | None = None,
+    ) -> None:
         self.head = head
         self.steps = steps
         self._body = steps[0] if len(steps) == 1 else RunnableSequence(*steps)
         self._name = name if name is not None else head.name
+        self._derived = derived
 
     @property
     def topic(self) -> Topic:
@@ -44,6 +52,8 @@ class Process(Runnable):
         """Deterministic name: the explicit one, else derived from the chain."""
         if self._name is not None:
             return self._name
+        if self._derived is not None:
+            return self._derived
         kind = "join" if self.head.join else "subscribe"
         steps = " | ".join(step.name for step in self.steps)
         return f"{self.head.topic.name}.{kind} | {steps}"
@@ -62,6 +72,10 @@ class Process(Runnable):
             )
         return Process(self.head, (*self.steps, coerce(step)), self._name)
 
+    def _wrapped(self, body: Runnable) -> Process:
+        """This chain with its steps replaced by ``body``, keeping its name."""
+        return Process(self.head, (body,), self._name, derived=self.name)
+
     def __ror__(self, other: Any) -> Runnable:
         raise DefinitionError(
             f"a process must start with topic.subscribe() or topic.join(); cannot put "
@@ -73,12 +87,11 @@ class Process(Runnable):
 
     def with_retry(self, **kwargs: Any) -> Process:  # type: ignore[override]
         """Retry the whole chain for one delivery; failed attempts publish nothing."""
-        retry = Runnable.with_retry(self._body, **kwargs)
-        return Process(self.head, (retry,), self._name or self.name)
+        return self._wrapped(Runnable.with_retry(self._body, **kwargs))
 
     def with_timeout(self, seconds: float) -> Process:  # type: ignore[override]
         """Fail a delivery whose chain takes longer than ``seconds``."""
-        return Process(self.head, (self._body.with_timeout(seconds),), self._name or self.name)
+        return self._wrapped(self._body.with_timeout(seconds))
 
     def _publishes(self) -> Iterator[str | None]:
         return self._body._publishes()

@@ -220,10 +220,11 @@ class PubSub(Runnable):
     ) -> Iterator[Message]:
         """Sync twin of ``astream``; ``break`` stops the run the same way."""
         inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        scope = anyio.CancelScope()
+        scopes: list[anyio.CancelScope] = []
 
         async def pump() -> None:
-            with scope:
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
                 try:
                     async with self.astream(input, config, topic=topic) as messages:
                         async for message in messages:
@@ -246,10 +247,10 @@ class PubSub(Runnable):
                         return
             finally:
                 if not future.done():
-                    p.call(scope.cancel)
+                    p.call(scopes[0].cancel)
                     try:
                         future.result()
-                    except BaseException:
+                    except BaseException:  # the run was cancelled on purpose
                         pass
 
 
