@@ -1,0 +1,328 @@
+"""``python -m benchmarks [--quick]``: measure permflow against its baselines and peers.
+
+Every system runs in a worker subprocess of its own (peers in virtualenvs
+under ``benchmarks/.venvs/``). Rounds are interleaved across systems
+(A B C, C B A, A B C …) so that drift of a noisy machine hits all alike, and
+each row reports the median of its rounds. Every run's result is checked; a
+wrong result fails the row and the exit status.
+
+``--quick`` runs permflow, the asyncio baseline and (when reachable) the
+Redis rows with small n, checks correctness and exits non-zero on any wrong
+result. It never judges speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _report, _venvs
+from ._worker import MARK
+from ._workloads import Workload, workloads
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    module: str
+    env: str  # "local" (this interpreter) or a virtualenv of _venvs.ENVIRONMENTS
+    peer: bool
+    what: str
+    family: str = "memory"  # or "redis": which workloads it takes part in
+
+
+SYSTEMS = [
+    Spec(
+        "asyncio",
+        "asyncio_baseline",
+        "local",
+        False,
+        "plain asyncio.Queue pipeline, fresh per run (baseline)",
+    ),
+    Spec("permflow", "permflow_memory", "local", False, "permflow, InMemoryPubSubConnection"),
+    Spec("langgraph-stategraph", "langgraph_stategraph", "peers", True, "LangGraph StateGraph"),
+    Spec("langgraph-pregel", "langgraph_pregel", "peers", True, "LangGraph Pregel with channels"),
+    Spec("lcel", "lcel", "peers", True, "LangChain LCEL: RunnableLambda sequences, RunnableParallel"),
+    Spec("permchain", "permchain_topics", "permchain", True, "permchain 0.0.3 topics"),
+    Spec("redis-floor", "redis_floor", "local", False, "redis-py asyncio commands done by hand", "redis"),
+    Spec("permflow-redis", "permflow_redis", "local", False, "permflow, RedisPubSubConnection", "redis"),
+]
+
+REQUEST_TIMEOUT = 240.0
+
+
+class Worker:
+    def __init__(self, spec: Spec, python: str) -> None:
+        self.spec = spec
+        self.proc = subprocess.Popen(
+            [python, "-m", "benchmarks._worker", spec.module],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        hello = self._read(120.0)["hello"]
+        self.available: bool = hello["available"]
+        self.reason: str = hello.get("reason", "")
+        self.versions: dict[str, str] = hello.get("versions", {})
+        self.family: str = hello.get("family", "")
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                self.close(kill=True)
+                raise TimeoutError(f"worker {self.spec.name} gave no answer within {timeout:.0f} s")
+            line = self.proc.stdout.readline()
+            if not line:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                tail = " | ".join(err.strip().splitlines()[-3:])
+                raise RuntimeError(f"worker {self.spec.name} exited: {tail}")
+            if line.startswith(MARK):
+                return json.loads(line[len(MARK) :])
+
+    def request(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+            return self._read(REQUEST_TIMEOUT)
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    def close(self, kill: bool = False) -> None:
+        if self.proc.poll() is not None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _python(spec: Spec, install: bool) -> str:
+    if spec.env == "local":
+        return sys.executable
+    return _venvs.python_for(spec.env, create=install)
+
+
+def _request(wl: Workload, quick: bool, count: int | None = None) -> dict[str, Any]:
+    return {
+        "key": wl.key,
+        "primitive": wl.primitive,
+        "args": list(wl.args),
+        "mode": wl.mode,
+        "count": count if count is not None else wl.count,
+        "warmup": 3 if quick else (50 if wl.count else 20),
+        "round_seconds": 0.01 if quick else 0.2,
+        "units_per_run": wl.units_per_run,
+    }
+
+
+def _record(cell: dict[str, Any], reply: dict[str, Any]) -> None:
+    if reply.get("ok"):
+        cell.setdefault("rounds", []).append(reply["seconds_per_unit"])
+        cell["reps"] = reply["reps"]
+        cell["note"] = reply.get("note", "")
+    else:
+        cell["error"] = reply["error"]
+        cell["unsupported"] = bool(reply.get("unsupported"))
+
+
+def _mem_count(data: dict[str, Any], system: str, wl: Workload, quick: bool) -> int:
+    """100,000 invokes for permflow and the baseline; peers as many as fit in ~20 s."""
+    assert wl.count is not None
+    if quick or system in ("permflow", "asyncio"):
+        return wl.count
+    cell = data["results"].get("w3_sync", {}).get(system, {})
+    spu = _report.median(cell) if cell else None
+    fit = 10_000 if spu is None else int(20.0 / spu)
+    return max(1_000, min(wl.count, fit // 1_000 * 1_000))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    chosen = [s for s in SYSTEMS if (not s.peer or args.peers) and (not args.only or s.name in args.only)]
+    wls = [w for w in workloads(quick) if not args.workloads or w.key in args.workloads]
+    data: dict[str, Any] = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpu": _cpu_name(),
+            "quick": quick,
+            "rounds": args.rounds,
+        },
+        "systems": {},
+        "results": {},
+        "mem": {},
+    }
+    started = time.perf_counter()
+    pythons: dict[str, str] = {}
+    workers: list[Worker] = []
+    for spec in chosen:
+        try:
+            pythons[spec.name] = _python(spec, args.install)
+            worker = Worker(spec, pythons[spec.name])
+        except (_venvs.Unavailable, RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+            data["systems"][spec.name] = {"available": False, "reason": str(exc), "what": spec.what}
+            print(f"[{spec.name}] not available: {exc}", flush=True)
+            continue
+        data["systems"][spec.name] = {
+            "available": worker.available,
+            "reason": worker.reason,
+            "versions": worker.versions,
+            "what": spec.what,
+            "family": worker.family,
+        }
+        if worker.available:
+            workers.append(worker)
+            print(f"[{spec.name}] ready: {worker.versions}", flush=True)
+        else:
+            print(f"[{spec.name}] not available: {worker.reason}", flush=True)
+            worker.close()
+    try:
+        for wl in wls:
+            if wl.mode == "mem":
+                continue
+            t0 = time.perf_counter()
+            cells = data["results"].setdefault(wl.key, {})
+            for spec in chosen:
+                info = data["systems"][spec.name]
+                if not info["available"] and _takes_part(spec.name, spec.family, wl):
+                    cells[spec.name] = {"error": info["reason"], "unavailable": True}
+            group = [w for w in workers if _takes_part(w.spec.name, w.family, wl)]
+            req = _request(wl, quick)
+            for r in range(args.rounds):
+                for worker in group if r % 2 == 0 else reversed(group):
+                    cell = cells.setdefault(worker.spec.name, {})
+                    if cell.get("error"):
+                        continue
+                    _record(cell, worker.request(req))
+            print(f"  {wl.label}: {time.perf_counter() - t0:.1f} s", flush=True)
+    finally:
+        for worker in workers:
+            worker.close()
+    for wl in wls:
+        if wl.mode != "mem":
+            continue
+        for worker in workers:
+            if worker.family != "memory":
+                continue
+            t0 = time.perf_counter()
+            name = worker.spec.name
+            fresh = Worker(worker.spec, pythons[name])
+            reply = fresh.request(_request(wl, quick, _mem_count(data, name, wl, quick)))
+            fresh.close()
+            data["mem"][name] = reply if reply.get("ok") else {"error": reply["error"]}
+            print(f"  {wl.label} [{name}]: {time.perf_counter() - t0:.1f} s", flush=True)
+    data["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+    data["workloads"] = [w.key for w in wls]
+    return data
+
+
+def _takes_part(name: str, family: str, wl: Workload) -> bool:
+    return family == wl.family and (not wl.only or name in wl.only)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def failures(data: dict[str, Any]) -> list[str]:
+    """Rows that failed for a reason other than "not available" / "no such API"."""
+    bad = []
+    for key, cells in data["results"].items():
+        for system, cell in cells.items():
+            if cell.get("error") and not cell.get("unavailable") and not cell.get("unsupported"):
+                bad.append(f"{key} [{system}]: {cell['error']}")
+    for system, cell in data["mem"].items():
+        if cell.get("error"):
+            bad.append(f"mem [{system}]: {cell['error']}")
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small n, correctness only (for CI)")
+    parser.add_argument("--rounds", type=int, help="rounds per workload (default 5, quick 2)")
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure LangGraph, LCEL and permchain (default: on, off with --quick)",
+    )
+    parser.add_argument(
+        "--install",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="create the peers' virtualenvs when missing (default: on)",
+    )
+    parser.add_argument("--only", nargs="+", metavar="SYSTEM", help="measure only these systems")
+    parser.add_argument(
+        "--workloads", nargs="+", metavar="KEY", help="run only these workloads (e.g. w1_async)"
+    )
+    parser.add_argument(
+        "--write",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write results.md/.json/.png (default: on, off with --quick)",
+    )
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.peers = (not args.quick) if args.peers is None else args.peers
+    args.write = (not args.quick) if args.write is None else args.write
+
+    data = run(args)
+    wls = [w for w in workloads(args.quick) if w.key in data["workloads"]]
+    table = _report.rows(data, wls)
+    print()
+    print(_report.text_table(table))
+    print(
+        f"\n{len(table)} rows in {data['meta']['seconds']} s; ratios are cost / baseline cost "
+        "(>1 means slower than the baseline)."
+    )
+    if args.write:
+        from ._output import write
+
+        for line in write(data, table):
+            print(line)
+    bad = failures(data)
+    if bad:
+        print("\nFAILED:\n  " + "\n  ".join(bad), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Writes a full run's results: results.json, results.md and results.png."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import _report, _venvs
+
+HERE = Path(__file__).resolve().parent
+
+
+def markdown(data: dict[str, Any], table: list[_report.Row]) -> str:
+    meta = data["meta"]
+    lines = [
+        "# permflow benchmark results",
+        "",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['cores']} cores, {meta['cpu']}, {meta['platform']}",
+        f"- Python {meta['python']}; {meta['rounds']} interleaved rounds per row, medians shown; "
+        f"whole run {meta['seconds']} s",
+        "",
+        "| system | what | versions |",
+        "|---|---|---|",
+    ]
+    for name, info in data["systems"].items():
+        if info["available"]:
+            versions = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
+        else:
+            versions = "not available: " + info["reason"].splitlines()[0][:100]
+        lines.append(f"| {name} | {info['what']} | {versions} |")
+    lines += [
+        "",
+        "Ratios are cost divided by the baseline's cost measured in the same run "
+        "(for rates, cost is 1/rate), so above 1 means slower. `vs permflow` is the same for "
+        "peers against permflow. See README.md for what each workload does.",
+        "",
+        _report.markdown_table(table),
+        "",
+        "![per-hop cost and runs/s per system](results.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(data: dict[str, Any], table: list[_report.Row]) -> list[str]:
+    out = []
+    json_path = HERE / "results.json"
+    json_path.write_text(json.dumps(data, indent=1) + "\n")
+    md_path = HERE / "results.md"
+    md_path.write_text(markdown(data, table))
+    out += [f"wrote {json_path}", f"wrote {md_path}"]
+    png_path = HERE / "results.png"
+    python = _plot_python()
+    if python is None:
+        out.append("no matplotlib (peers' virtualenv missing): results.png not drawn")
+        return out
+    done = subprocess.run(
+        [python, "-m", "benchmarks._plot", str(json_path), str(png_path)],
+        cwd=HERE.parent,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        out.append(f"results.png not drawn: {done.stderr.strip().splitlines()[-1:]}")
+    else:
+        out.append(f"wrote {png_path}")
+    return out
+
+
+def _plot_python() -> str | None:
+    try:
+        import matplotlib  # noqa: F401
+
+        return sys.executable
+    except ImportError:
+        pass
+    try:
+        return _venvs.python_for("peers", create=False)
+    except _venvs.Unavailable:
+        return None

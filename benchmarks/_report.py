@@ -1,0 +1,161 @@
+"""Turns collected measurements into medians, ratios and tables (text and Markdown)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from ._workloads import BASELINES, TARGETS, Workload
+
+
+@dataclass
+class Row:
+    workload: str
+    system: str
+    median: str
+    spread: str
+    ratio: str
+    vs_permflow: str
+    target: str
+    note: str
+
+
+def median(cell: dict[str, Any]) -> float | None:
+    rounds = cell.get("rounds") or []
+    if cell.get("error") or not rounds:
+        return None
+    return statistics.median(rounds)
+
+
+def show(workload: Workload, seconds_per_unit: float) -> str:
+    if workload.is_rate:
+        return f"{1 / seconds_per_unit:,.0f} {workload.unit}"
+    return f"{seconds_per_unit * 1e6:,.2f} {workload.unit}"
+
+
+def _spread(workload: Workload, rounds: list[float]) -> str:
+    if len(rounds) < 2:
+        return ""
+    lo, hi = min(rounds), max(rounds)
+    if workload.is_rate:
+        return f"{1 / hi:,.0f}–{1 / lo:,.0f}"
+    return f"{lo * 1e6:,.2f}–{hi * 1e6:,.2f}"
+
+
+def _target(system: str, workload: Workload, ratio: float | None, spu: float) -> str:
+    target = TARGETS.get((system, workload.key))
+    if target is None:
+        return ""
+    kind, bound = target
+    if kind == "ratio":
+        if ratio is None:
+            return f"≤{bound:g}× (no baseline)"
+        return f"{'met' if ratio <= bound else 'MISSED'} (≤{bound:g}×)"
+    return f"{'met' if 1 / spu >= bound else 'MISSED'} (≥{bound:,.0f}/s)"
+
+
+def rows(data: dict[str, Any], workloads: list[Workload]) -> list[Row]:
+    results = data["results"]
+    out: list[Row] = []
+    for wl in workloads:
+        if wl.mode == "mem":
+            out.extend(_mem_rows(data, wl))
+            continue
+        cells = results.get(wl.key, {})
+        base_cell = None
+        if wl.key in BASELINES:
+            base_system, base_key = BASELINES[wl.key]
+            base_cell = results.get(base_key, {}).get(base_system)
+        base = median(base_cell) if base_cell else None
+        permflow_cell = cells.get("permflow")
+        reference = median(permflow_cell) if permflow_cell else None
+        for system, cell in cells.items():
+            spu = median(cell)
+            if spu is None:
+                text = cell.get("error") or "no result"
+                label = (
+                    "not available" if cell.get("unavailable") else ("n/a" if cell.get("unsupported") else "")
+                )
+                out.append(Row(wl.label, system, label or "FAILED", "", "", "", "", text[:120]))
+                continue
+            ratio = spu / base if base else None
+            ratio_text = "" if ratio is None else f"{ratio:.2f}×"
+            if base_cell is cells.get(system):
+                ratio_text = "1.00× (baseline)"
+            vs = ""
+            if reference and system != "permflow" and wl.family == "memory" and system != "asyncio":
+                vs = f"{spu / reference:.1f}×"
+            out.append(
+                Row(
+                    wl.label,
+                    system,
+                    show(wl, spu),
+                    _spread(wl, cell["rounds"]),
+                    ratio_text,
+                    vs,
+                    _target(system, wl, ratio, spu),
+                    cell.get("note", ""),
+                )
+            )
+    return out
+
+
+def _mib(kib: float) -> str:
+    return f"{kib / 1024:,.1f}"
+
+
+def _mem_rows(data: dict[str, Any], wl: Workload) -> list[Row]:
+    out = []
+    for system, cell in data.get("mem", {}).items():
+        if cell.get("error"):
+            label = "not available" if cell.get("unavailable") else "FAILED"
+            out.append(Row(wl.label, system, label, "", "", "", "", cell["error"][:120]))
+            continue
+        growth = cell["end_kib"] - cell["start_kib"]
+        per_run = growth * 1024 / cell["invokes"]
+        flat = "flat" if growth < 4096 else "GROWS"
+        out.append(
+            Row(
+                wl.label,
+                system,
+                f"{_mib(cell['start_kib'])} → {_mib(cell['end_kib'])} MiB",
+                f"peak {_mib(cell['peak_kib'])} MiB",
+                f"{growth / 1024:+.1f} MiB ({per_run:+.1f} B/run)",
+                "",
+                flat,
+                f"{cell['invokes']:,} invokes in {cell['seconds']:.1f} s. {cell.get('note', '')}".strip(),
+            )
+        )
+    return out
+
+
+HEADERS = ("workload", "system", "median", "range (rounds)", "vs baseline", "vs permflow", "target", "note")
+
+
+def text_table(table: list[Row]) -> str:
+    cells = [HEADERS] + [
+        (r.workload, r.system, r.median, r.spread, r.ratio, r.vs_permflow, r.target, r.note) for r in table
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS) - 1)]
+    lines = []
+    previous = None
+    for c in cells:
+        workload = c[0] if c[0] != previous else ""
+        previous = c[0]
+        parts = [workload.ljust(widths[0])] + [c[i].ljust(widths[i]) for i in range(1, len(widths))]
+        lines.append("  ".join(parts) + "  " + c[-1])
+        if c is cells[0]:
+            lines.append("-" * (sum(widths) + 2 * len(widths) + 4))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def markdown_table(table: list[Row]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    previous = None
+    for r in table:
+        workload = r.workload if r.workload != previous else ""
+        previous = r.workload
+        values = (workload, r.system, r.median, r.spread, r.ratio, r.vs_permflow, r.target, r.note)
+        lines.append("| " + " | ".join(v.replace("|", "\\|") for v in values) + " |")
+    return "\n".join(lines)

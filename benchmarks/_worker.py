@@ -1,0 +1,194 @@
+"""A worker: one system in its own process, answering measurement requests.
+
+``python -m benchmarks._worker SYSTEM`` loads ``benchmarks.systems.SYSTEM``,
+says hello (versions, or why it is unavailable), then reads one JSON request
+per line on stdin and answers one JSON line on stdout (prefixed with
+``MARK``, so that stray prints of a library cannot be mistaken for answers).
+
+A request names a workload; the first request for a workload builds the
+program and warms it up (untimed, but checked); each request is one round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib
+import json
+import sys
+import time
+import traceback
+from typing import Any
+
+from ._pipeline import NotSupported, Pipeline, rss_kib
+
+MARK = "@@bench "
+
+
+class WrongResult(AssertionError):
+    pass
+
+
+def _check(pipeline: Pipeline, inputs: Any, results: list[Any]) -> None:
+    for x, got in zip(inputs, results, strict=True):
+        want = pipeline.expect(x)
+        if got != want:
+            raise WrongResult(f"input {x!r}: got {got!r}, expected {want!r}")
+
+
+class Worker:
+    def __init__(self, system: Any) -> None:
+        self.system = system
+        self.loop = asyncio.new_event_loop()
+        self.built: dict[str, tuple[Pipeline, int]] = {}
+        self.next_input = 0
+
+    def inputs(self, n: int) -> range:
+        start = self.next_input
+        self.next_input += n
+        return range(start, start + n)
+
+    def call(self, pipeline: Pipeline, xs: range) -> list[Any]:
+        """Run ``pipeline`` sequentially on ``xs``; results collected, not checked."""
+        run = pipeline.run
+        if pipeline.is_async:
+
+            async def go() -> list[Any]:
+                return [await run(x) for x in xs]
+
+            return self.loop.run_until_complete(go())
+        return [run(x) for x in xs]
+
+    def timed(self, pipeline: Pipeline, xs: range) -> float:
+        gc.collect()
+        run = pipeline.run
+        if pipeline.is_async:
+
+            async def go() -> tuple[float, list[Any]]:
+                started = time.perf_counter()
+                out = [await run(x) for x in xs]
+                return time.perf_counter() - started, out
+
+            elapsed, results = self.loop.run_until_complete(go())
+        else:
+            started = time.perf_counter()
+            results = [run(x) for x in xs]
+            elapsed = time.perf_counter() - started
+        _check(pipeline, xs, results)
+        return elapsed
+
+    def timed_many(self, pipeline: Pipeline, xs: range) -> float:
+        if pipeline.run_many is None:
+            raise NotSupported("no concurrent/batch API")
+        run_many = pipeline.run_many
+        gc.collect()
+
+        async def go() -> tuple[float, list[Any]]:
+            started = time.perf_counter()
+            out = await run_many(list(xs))
+            return time.perf_counter() - started, out
+
+        elapsed, results = self.loop.run_until_complete(go())
+        _check(pipeline, xs, results)
+        return elapsed
+
+    def build(self, req: dict[str, Any]) -> tuple[Pipeline, int]:
+        key = req["key"]
+        if key in self.built:
+            return self.built[key]
+        factory = getattr(self.system, req["primitive"], None)
+        if factory is None:
+            raise NotSupported(f"no {req['primitive']!r} program")
+        made = factory(*req["args"])
+        pipeline = self.loop.run_until_complete(made) if asyncio.iscoroutine(made) else made
+        # Warm up (checked, untimed): lets caches and permflow's sync-step
+        # policy settle before anything is measured.
+        warm = req["warmup"]
+        if req["mode"] == "many":
+            self.timed_many(pipeline, self.inputs(min(warm, req["count"])))
+            reps = req["count"]
+        else:
+            _check(pipeline, xs := self.inputs(warm), self.call(pipeline, xs))
+            reps = req["count"] or self._calibrate(pipeline, req["round_seconds"], req["units_per_run"])
+        self.built[key] = (pipeline, reps)
+        return pipeline, reps
+
+    def _calibrate(self, pipeline: Pipeline, budget: float, units: int) -> int:
+        probe = 3
+        per_run = self.timed(pipeline, self.inputs(probe)) / probe
+        return max(3, min(5000, int(budget / max(per_run, 1e-9))))
+
+    def measure(self, req: dict[str, Any]) -> dict[str, Any]:
+        pipeline, reps = self.build(req)
+        if req["mode"] == "mem":
+            return self.memory(pipeline, req["count"])
+        if req["mode"] == "many":
+            elapsed = self.timed_many(pipeline, self.inputs(reps))
+            return {"seconds_per_unit": elapsed / reps, "reps": reps, "note": _note(pipeline)}
+        elapsed = self.timed(pipeline, self.inputs(reps))
+        units = reps * req["units_per_run"]
+        return {"seconds_per_unit": elapsed / units, "reps": reps, "note": _note(pipeline)}
+
+    def memory(self, pipeline: Pipeline, count: int) -> dict[str, Any]:
+        gc.collect()
+        start, _ = rss_kib()
+        samples = [start]
+        step = max(1, count // 20)
+        done = 0
+        started = time.perf_counter()
+        while done < count:
+            n = min(step, count - done)
+            xs = self.inputs(n)
+            _check(pipeline, xs, self.call(pipeline, xs))
+            done += n
+            samples.append(rss_kib()[0])
+        elapsed = time.perf_counter() - started
+        end, hwm = rss_kib()
+        return {
+            "start_kib": start,
+            "end_kib": end,
+            "peak_kib": max(samples),
+            "hwm_kib": hwm,
+            "samples_kib": samples,
+            "invokes": count,
+            "seconds": elapsed,
+            "note": _note(pipeline),
+        }
+
+
+def _note(pipeline: Pipeline) -> str:
+    return pipeline.note() if callable(pipeline.note) else pipeline.note
+
+
+def _reply(obj: dict[str, Any]) -> None:
+    sys.stdout.write(MARK + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main(name: str) -> None:
+    try:
+        module = importlib.import_module(f"benchmarks.systems.{name}")
+        system = module.System()
+        worker = Worker(system)
+        worker.loop.run_until_complete(system.start())
+    except Exception as exc:
+        _reply({"hello": {"available": False, "reason": f"{type(exc).__name__}: {exc}"}})
+        return
+    _reply({"hello": {"available": True, "versions": system.versions(), "family": system.family}})
+    try:
+        for line in sys.stdin:
+            req = json.loads(line)
+            try:
+                _reply({"ok": True, **worker.measure(req)})
+            except NotSupported as exc:
+                _reply({"ok": False, "unsupported": True, "error": str(exc)})
+            except Exception as exc:
+                detail = traceback.format_exc(limit=6)
+                _reply({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": detail})
+    finally:
+        worker.loop.run_until_complete(system.stop())
+        worker.loop.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
