@@ -1,0 +1,308 @@
+"""The sync facade: invoke/stream/batch from threads, from inside event loops, and nested."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+import trio
+
+from permflow import InMemoryPubSubConnection, Message, PubSub, RunnableLambda, Topic
+
+
+def _call_with_deadline(func: Callable[[], Any], seconds: float = 20) -> Any:
+    """Call ``func`` in a daemon thread; fail (instead of hanging) if it does not return."""
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append(("ok", func()))
+        except BaseException as exc:
+            box.append(("error", exc))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"call did not return within {seconds}s")
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def _doubler(connection: InMemoryPubSubConnection | None = None) -> PubSub:
+    middle = Topic("middle")
+    return PubSub(
+        Topic.IN.subscribe() | (lambda x: x * 2) | middle.publish(),
+        middle.subscribe() | Topic.OUT.publish(),
+        connection=connection,
+    )
+
+
+# -- plain threads ----------------------------------------------------------
+
+
+def test_invoke_from_a_plain_thread() -> None:
+    """invoke() works from a thread that runs no event loop."""
+    assert _call_with_deadline(lambda: _doubler().invoke(21)) == [42]
+
+
+def test_batch_from_a_plain_thread() -> None:
+    """batch() runs independent runs from a plain thread, results in input order."""
+    assert _call_with_deadline(lambda: _doubler().batch([1, 2, 3])) == [[2], [4], [6]]
+
+
+def test_batch_with_one_config_per_input_keeps_runs_apart() -> None:
+    """batch() with per-input state ids stores each run under its own id."""
+    pubsub = _doubler()
+    assert pubsub.batch([1, 2], [{"state_id": "b1"}, {"state_id": "b2"}]) == [[2], [4]]
+    assert [m.value for m in pubsub.peek("b1")] == [1, 2, 2]
+    assert [m.value for m in pubsub.peek("b2")] == [2, 4, 4]
+
+
+def test_stream_from_a_plain_thread() -> None:
+    """stream() yields every message of the run, in publish order, from a plain thread."""
+
+    def consume() -> list[tuple[str, Any]]:
+        return [(m.topic, m.value) for m in _doubler().stream(5)]
+
+    assert _call_with_deadline(consume) == [("__in__", 5), ("middle", 10), ("__out__", 10)]
+
+
+def test_sync_calls_share_one_long_lived_loop() -> None:
+    """Sync calls from different threads run on one background loop thread, not a new loop each."""
+    seen: list[threading.Thread] = []
+
+    async def where(x: Any) -> Any:
+        seen.append(threading.current_thread())
+        return x
+
+    pubsub = PubSub(Topic.IN.subscribe() | where | Topic.OUT.publish())
+    pubsub.invoke(1)
+    pubsub.invoke(2)
+    _call_with_deadline(lambda: pubsub.invoke(3))
+    assert len(set(seen)) == 1
+    assert seen[0] is not threading.current_thread()
+
+
+def test_eight_threads_share_one_pubsub_and_connection() -> None:
+    """Eight threads invoking one PubSub at once with their own state ids get only their own results."""
+    connection = InMemoryPubSubConnection()
+    pubsub = _doubler(connection)
+    start = threading.Barrier(8)
+    results: dict[int, list[list[Any]]] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            start.wait(timeout=10)
+            results[i] = [pubsub.invoke((i, k), {"state_id": f"thread-{i}"}) for k in range(10)]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    for i in range(8):
+        assert results[i] == [[(i, k, i, k)] for k in range(10)]
+        log = connection.peek(f"thread-{i}")
+        assert len(log) == 30
+        assert all(m.state_id == f"thread-{i}" for m in log)
+        assert {m.value[0] for m in log} == {i}
+
+
+# -- inside a running event loop (a notebook cell) ---------------------------
+
+
+def test_invoke_inside_running_asyncio_loop() -> None:
+    """Sync invoke/batch called from a coroutine under asyncio.run (as in Jupyter) work."""
+    pubsub = _doubler()
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        return pubsub.invoke(4), pubsub.batch([1, 2])
+
+    assert _call_with_deadline(lambda: asyncio.run(main())) == ([8], [[2], [4]])
+
+
+def test_stream_inside_running_asyncio_loop() -> None:
+    """Sync stream() iterated inside a coroutine under asyncio.run yields the run's messages."""
+    pubsub = _doubler()
+
+    async def main() -> list[Any]:
+        return [m.value for m in pubsub.stream(3)]
+
+    assert _call_with_deadline(lambda: asyncio.run(main())) == [3, 6, 6]
+
+
+def test_invoke_inside_running_trio_loop() -> None:
+    """Sync invoke/batch called from a function under trio.run work."""
+    pubsub = _doubler()
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        return pubsub.invoke(4), pubsub.batch([1, 2])
+
+    assert _call_with_deadline(lambda: trio.run(main)) == ([8], [[2], [4]])
+
+
+def test_stream_inside_running_trio_loop() -> None:
+    """Sync stream() iterated inside trio.run yields the run's messages."""
+    pubsub = _doubler()
+
+    async def main() -> list[Any]:
+        return [m.value for m in pubsub.stream(3)]
+
+    assert _call_with_deadline(lambda: trio.run(main)) == [3, 6, 6]
+
+
+# -- nested: a step calling another PubSub's sync API ------------------------
+
+
+def _nesting(step_kind: str) -> PubSub:
+    inner = _doubler()
+
+    def sync_step(x: int) -> int:
+        return int(inner.invoke(x)[0]) + 1
+
+    async def async_step(x: int) -> int:
+        return int(inner.invoke(x)[0]) + 1
+
+    step: Any = {
+        "auto": sync_step,
+        "thread": RunnableLambda(sync_step, execution="thread"),
+        "inline": RunnableLambda(sync_step, execution="inline"),
+        "async": async_step,
+    }[step_kind]
+    return PubSub(Topic.IN.subscribe() | step | Topic.OUT.publish())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("step_kind", ["auto", "thread", "inline", "async"])
+async def test_nested_sync_invoke_under_async_run(step_kind: str) -> None:
+    """A step calling another PubSub's sync invoke works inside ainvoke on asyncio and trio."""
+    with anyio.fail_after(20):
+        assert await _nesting(step_kind).ainvoke(5) == [11]
+
+
+@pytest.mark.parametrize("step_kind", ["auto", "thread", "inline", "async"])
+def test_nested_sync_invoke_under_sync_run(step_kind: str) -> None:
+    """A step calling another PubSub's sync invoke works inside a sync invoke."""
+    assert _call_with_deadline(lambda: _nesting(step_kind).invoke(5)) == [11]
+
+
+@pytest.mark.anyio
+async def test_nested_sync_invokes_from_many_steps_at_once() -> None:
+    """Twenty concurrent steps each calling a sync invoke all finish."""
+    inner = _doubler()
+    work = Topic("work")
+
+    def call(x: int) -> int:
+        return int(inner.invoke(x)[0])
+
+    pubsub = PubSub(
+        Topic.IN.subscribe() | work.publish_each(),
+        work.subscribe() | call | Topic.OUT.publish(),
+    )
+    with anyio.fail_after(20):
+        out = await pubsub.ainvoke(list(range(20)))
+    assert sorted(out) == [2 * i for i in range(20)]
+
+
+# -- leaving a stream early --------------------------------------------------
+
+
+def test_break_out_of_stream_stops_a_blocked_async_step() -> None:
+    """Breaking out of stream() returns promptly and cancels a step waiting on an event never set."""
+    started = threading.Event()
+    cancelled = threading.Event()
+    never = anyio.Event  # created inside the step, on the run's loop
+
+    async def blocked(x: Any) -> Any:
+        started.set()
+        try:
+            await never().wait()
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+        return x
+
+    pubsub = PubSub(Topic.IN.subscribe() | blocked | Topic.OUT.publish())
+
+    def consume() -> tuple[list[Message], float]:
+        got: list[Message] = []
+        for message in pubsub.stream("q", {"state_id": "break-async"}):
+            got.append(message)
+            assert started.wait(10)
+            begin = time.perf_counter()
+            break
+        return got, time.perf_counter() - begin
+
+    got, took = _call_with_deadline(consume, seconds=15)
+    assert [m.topic for m in got] == ["__in__"]
+    assert took < 2.0
+    assert cancelled.is_set()
+
+
+def test_break_out_of_stream_abandons_a_blocked_sync_step() -> None:
+    """Breaking out of stream() returns promptly even while a sync step is blocked in its thread."""
+    started, release = threading.Event(), threading.Event()
+
+    def blocked(x: Any) -> Any:
+        started.set()
+        release.wait(30)
+        return x
+
+    pubsub = PubSub(Topic.IN.subscribe() | blocked | Topic.OUT.publish())
+
+    def consume() -> float:
+        for _ in pubsub.stream("q", {"state_id": "break-sync"}):
+            assert started.wait(10)
+            begin = time.perf_counter()
+            break
+        return time.perf_counter() - begin
+
+    try:
+        assert _call_with_deadline(consume, seconds=15) < 2.0
+        assert [m.topic for m in pubsub.peek("break-sync")] == ["__in__"]
+    finally:
+        release.set()
+
+
+def test_exception_in_stream_consumer_stops_the_run() -> None:
+    """An exception raised by the consumer of stream() propagates and stops the run."""
+    started = threading.Event()
+
+    async def blocked(x: Any) -> Any:
+        started.set()
+        await anyio.Event().wait()
+        return x
+
+    pubsub = PubSub(Topic.IN.subscribe() | blocked | Topic.OUT.publish())
+
+    def consume() -> None:
+        for _ in pubsub.stream("q"):
+            assert started.wait(10)
+            raise KeyError("consumer gave up")
+
+    with pytest.raises(KeyError, match="consumer gave up"):
+        _call_with_deadline(consume, seconds=15)
+
+
+def test_step_error_surfaces_from_sync_stream() -> None:
+    """A failing step's exception is raised from the sync stream() iterator."""
+
+    def boom(x: Any) -> Any:
+        raise LookupError(f"no {x}")
+
+    pubsub = PubSub(Topic.IN.subscribe() | boom | Topic.OUT.publish())
+    with pytest.raises(LookupError, match="no key"):
+        _call_with_deadline(lambda: list(pubsub.stream("key")))
