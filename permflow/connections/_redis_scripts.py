@@ -1,0 +1,319 @@
+"""Lua scripts of the Redis connection: every state change is one script.
+
+Key layout of one state id (``B`` is ``{prefix:state_id}``, a Redis Cluster
+hash tag, so every key of a run lives in one slot)::
+
+    B:log        stream   every message, global publish order (peek)
+    B:t:<topic>  stream   the messages of one topic; one consumer group per reader
+    B:r:<topic>  set      processes that read <topic>
+    B:topics     set      topics that have a stream (for delete and expiry)
+    B:reg        hash     process -> 's<topic>' (subscribe) or 'j<topic>' (join)
+    B:n          hash     process -> messages not yet acked (outstanding)
+    B:chg        stream   one tiny entry per change, for wait_for_change
+
+Every script gets ``KEYS = [log, n, reg, topics, chg]`` and
+``ARGV = [B, ttl_ms, serializer, max_stream_length, ...]``; topic keys are
+derived from ``B`` inside the script (same slot).
+
+Inflight deliveries are the pending-entries lists of the consumer groups; the
+consumer is the owner string. Released deliveries move to the consumer
+``RELEASED`` so any owner can take them at once.
+"""
+
+from __future__ import annotations
+
+__all__ = ["COMMIT", "DELETE", "FETCH", "PUBLISH", "REGISTER", "RELEASE", "RELEASED", "RENEW", "SKIP"]
+
+RELEASED = "permflow:released"
+
+_PRELUDE = """
+local base, ttl, fmt, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local LOG, COUNT, REG, TOPICS, CHG = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ALL = 1000000000
+local function tkey(topic) return base .. ':t:' .. topic end
+local function rkey(topic) return base .. ':r:' .. topic end
+local function touch()
+  if ttl <= 0 then return end
+  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ttl) end
+  for _, topic in ipairs(redis.call('SMEMBERS', TOPICS)) do
+    redis.call('PEXPIRE', tkey(topic), ttl)
+    redis.call('PEXPIRE', rkey(topic), ttl)
+  end
+end
+local function changed()
+  redis.call('XADD', CHG, 'MAXLEN', '~', 32, '*', 'c', '')
+end
+local function uncount(process, n)
+  if redis.call('HINCRBY', COUNT, process, -n) < 0 then redis.call('HSET', COUNT, process, 0) end
+end
+local function chunks(list, size, fn)
+  for i = 1, #list, size do fn({unpack(list, i, math.min(i + size - 1, #list))}) end
+end
+local function claim(stream, process, consumer, ids, tail)
+  local args = {'XCLAIM', stream, process, consumer, 0}
+  for _, id in ipairs(ids) do args[#args + 1] = id end
+  for _, a in ipairs(tail) do args[#args + 1] = a end
+  return redis.call(unpack(args))
+end
+local function owned(stream, process, owner)
+  local held = redis.pcall('XPENDING', stream, process, '-', '+', ALL, owner)
+  local ids = {}
+  if held.err then return ids end
+  for _, p in ipairs(held) do ids[#ids + 1] = p[1] end
+  return ids
+end
+"""
+
+_STORE = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function before(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+-- Trim a topic stream only below what every reader has finished with.
+local function trim(stream)
+  if redis.call('XLEN', stream) <= maxlen then return end
+  local groups = redis.call('XINFO', 'GROUPS', stream)
+  if #groups == 0 then
+    redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+    return
+  end
+  local keep
+  for _, g in ipairs(groups) do
+    local info = {}
+    for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+    local need
+    if tonumber(info['pending']) > 0 then
+      need = redis.call('XPENDING', stream, info['name'])[2]
+    else
+      local ms, seq = parse(info['last-delivered-id'])
+      need = string.format('%.0f-%.0f', ms, seq + 1)
+    end
+    if keep == nil or before(need, keep) then keep = need end
+  end
+  redis.call('XTRIM', stream, 'MINID', '~', keep)
+end
+-- ARGV[i] = message count, then per message: topic, payload, published_at, depth, trail.
+local function store(i)
+  local ids = {}
+  for m = 0, tonumber(ARGV[i]) - 1 do
+    local j = i + 1 + m * 5
+    local topic = ARGV[j]
+    local fields = {'t', topic, 'p', ARGV[j + 2], 'd', ARGV[j + 3], 'r', ARGV[j + 4], 's', fmt, 'v', ARGV[j + 1]}
+    local id
+    if maxlen > 0 then
+      id = redis.call('XADD', LOG, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+    else
+      id = redis.call('XADD', LOG, '*', unpack(fields))
+    end
+    local stream = tkey(topic)
+    redis.call('XADD', stream, '*', 'l', id, unpack(fields))
+    redis.call('SADD', TOPICS, topic)
+    for _, reader in ipairs(redis.call('SMEMBERS', rkey(topic))) do
+      redis.call('HINCRBY', COUNT, reader, 1)
+    end
+    if maxlen > 0 then trim(stream) end
+    ids[#ids + 1] = id
+  end
+  return ids
+end
+"""
+
+# ARGV[5..]: pairs (process, 's'|'j' .. topic). Returns {} or {process, known spec}.
+REGISTER = (
+    _PRELUDE
+    + """
+for i = 5, #ARGV, 2 do
+  local known = redis.call('HGET', REG, ARGV[i])
+  if known and known ~= ARGV[i + 1] then return {ARGV[i], known} end
+end
+for i = 5, #ARGV, 2 do
+  local process, spec = ARGV[i], ARGV[i + 1]
+  if not redis.call('HGET', REG, process) then
+    local topic = string.sub(spec, 2)
+    local stream = tkey(topic)
+    redis.call('HSET', REG, process, spec)
+    redis.call('SADD', rkey(topic), process)
+    redis.call('SADD', TOPICS, topic)
+    redis.pcall('XGROUP', 'CREATE', stream, process, '0', 'MKSTREAM')
+    redis.call('HSET', COUNT, process, redis.call('XLEN', stream))
+  end
+end
+touch()
+return {}
+"""
+)
+
+PUBLISH = (
+    _PRELUDE
+    + _STORE
+    + """
+local ids = store(5)
+changed()
+touch()
+return ids
+"""
+)
+
+# ARGV[5..]: process, topic, owner, first id, last id, n, ids..., then messages.
+# Returns the log ids of the stored messages, or false if owner lost the delivery.
+COMMIT = (
+    _PRELUDE
+    + _STORE
+    + """
+local process, topic, owner = ARGV[5], ARGV[6], ARGV[7]
+local n = tonumber(ARGV[10])
+local stream = tkey(topic)
+if redis.call('EXISTS', stream) == 0 then return false end
+local held = redis.pcall('XPENDING', stream, process, ARGV[8], ARGV[9], ALL, owner)
+if held.err then return false end
+local mine = {}
+for _, p in ipairs(held) do mine[p[1]] = true end
+local ids = {}
+for k = 11, 10 + n do
+  if not mine[ARGV[k]] then return false end
+  ids[#ids + 1] = ARGV[k]
+end
+chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
+uncount(process, n)
+local stored = store(11 + n)
+changed()
+touch()
+return stored
+"""
+)
+
+# ARGV[5..]: process, owner, lease_ms, limit (0 = none), released consumer.
+# Returns {mode, topic, {{id, attempt, fields}, ...}}; mode '-' = unknown
+# state, '?' = unknown process, 's' or 'j'.
+FETCH = (
+    _PRELUDE
+    + """
+local process, owner, lease, limit, released = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local spec = redis.call('HGET', REG, process)
+if not spec then
+  if redis.call('EXISTS', REG) == 0 then return {'-', '', {}} end
+  return {'?', '', {}}
+end
+local mode, topic = string.sub(spec, 1, 1), string.sub(spec, 2)
+local stream = tkey(topic)
+local room = -1
+if limit > 0 and mode == 's' then room = limit end
+local out = {}
+local summary = redis.call('XPENDING', stream, process)
+local others = {}
+local any = false
+if summary[4] then
+  for _, h in ipairs(summary[4]) do
+    if h[1] ~= owner then others[h[1]] = tonumber(h[2]); any = true end
+  end
+end
+if any and room ~= 0 then
+  local ids, attempts, taken = {}, {}, {}
+  for _, p in ipairs(redis.call('XPENDING', stream, process, '-', '+', summary[1])) do
+    if room > 0 and #ids >= room then break end
+    local who = p[2]
+    if who == released or (who ~= owner and p[3] >= lease) then
+      ids[#ids + 1] = p[1]
+      attempts[p[1]] = p[4] + 1
+      taken[who] = (taken[who] or 0) + 1
+    end
+  end
+  chunks(ids, 500, function(part)
+    for _, e in ipairs(claim(stream, process, owner, part, {})) do
+      if e then out[#out + 1] = {e[1], attempts[e[1]], e[2]} end
+    end
+  end)
+  for who, n in pairs(taken) do
+    if others[who] == n then redis.call('XGROUP', 'DELCONSUMER', stream, process, who) end
+  end
+end
+local exhausted = false
+local left = room
+if room > 0 then left = room - #out end
+if left ~= 0 then
+  local r
+  if left > 0 then
+    r = redis.call('XREADGROUP', 'GROUP', process, owner, 'COUNT', left, 'STREAMS', stream, '>')
+  else
+    r = redis.call('XREADGROUP', 'GROUP', process, owner, 'STREAMS', stream, '>')
+  end
+  local got = 0
+  if r then
+    for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], 1, e[2]}; got = got + 1 end
+  end
+  exhausted = left < 0 or got < left
+end
+if exhausted then
+  -- Nothing unread is left: outstanding is exactly what is pending (self-healing count).
+  redis.call('HSET', COUNT, process, redis.call('XPENDING', stream, process)[1])
+end
+if #out > 0 then touch() end
+return {mode, topic, out}
+"""
+)
+
+# ARGV[5]: owner. Restarts the idle clock of every delivery owner holds.
+RENEW = (
+    _PRELUDE
+    + """
+local owner = ARGV[5]
+local specs = redis.call('HGETALL', REG)
+for k = 1, #specs, 2 do
+  local process, stream = specs[k], tkey(string.sub(specs[k + 1], 2))
+  chunks(owned(stream, process, owner), 500, function(part)
+    claim(stream, process, owner, part, {'IDLE', 0, 'JUSTID'})
+  end)
+end
+touch()
+return 1
+"""
+)
+
+# ARGV[5..]: owner, released consumer. Hands owner's deliveries back at once.
+RELEASE = (
+    _PRELUDE
+    + """
+local owner, released = ARGV[5], ARGV[6]
+local specs = redis.call('HGETALL', REG)
+if #specs == 0 then return 0 end
+local moved = 0
+for k = 1, #specs, 2 do
+  local process, stream = specs[k], tkey(string.sub(specs[k + 1], 2))
+  local ids = owned(stream, process, owner)
+  chunks(ids, 500, function(part)
+    claim(stream, process, released, part, {'IDLE', 0, 'JUSTID'})
+  end)
+  moved = moved + #ids
+  redis.pcall('XGROUP', 'DELCONSUMER', stream, process, owner)
+end
+changed()
+touch()
+return moved
+"""
+)
+
+# ARGV[5..]: process, topic, entry id. Sets aside an unreadable entry.
+SKIP = (
+    _PRELUDE
+    + """
+local acked = redis.call('XACK', tkey(ARGV[6]), ARGV[5], ARGV[7])
+if acked > 0 then uncount(ARGV[5], acked) end
+changed()
+return acked
+"""
+)
+
+DELETE = (
+    _PRELUDE
+    + """
+for _, topic in ipairs(redis.call('SMEMBERS', TOPICS)) do
+  redis.call('DEL', tkey(topic), rkey(topic))
+end
+return redis.call('DEL', LOG, COUNT, REG, TOPICS, CHG)
+"""
+)

@@ -1,0 +1,471 @@
+"""The distributed connection: runs stored in Redis Streams.
+
+Importing this module does not import ``redis``; the client library is loaded
+when a connection is first used (install it with ``pip install permflow[redis]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, final
+from urllib.parse import urlsplit, urlunsplit
+
+from .._errors import ConnectionFailedError, DefinitionError
+from .._message import Delivery, Message
+from .._serialization import CorruptEntryError, Serializer, resolve_serializer
+from . import _redis_scripts as lua
+from ._base import PubSubConnection, Subscription
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["CorruptEntryError", "RedisPubSubConnection"]
+
+_FOREVER_MS = 2**62
+# (connection id, state key, last change id seen) - read by wait_for_change.
+_seen: ContextVar[tuple[int, str, bytes] | None] = ContextVar("permflow_redis_seen", default=None)
+
+
+class _Bound:
+    """One redis client and its scripts, bound to one event loop."""
+
+    def __init__(self, client: Redis, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.loop = loop
+        self.scripts = {
+            name: client.register_script(getattr(lua, name))
+            for name in ("REGISTER", "PUBLISH", "COMMIT", "FETCH", "RENEW", "RELEASE", "SKIP", "DELETE")
+        }
+
+    async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self.scripts[name](keys=keys, args=args)
+
+
+@final
+class RedisPubSubConnection(PubSubConnection):
+    """Stores runs in Redis (≥ 6.2, no modules; Redis Cluster works).
+
+    ``RedisPubSubConnection.from_url("redis://...")`` keeps one client per
+    running event loop, so the same connection serves async code and the sync
+    API (which runs on permflow's own loop). ``RedisPubSubConnection(client)``
+    uses a ``redis.asyncio.Redis`` you made, which is bound to the event loop it
+    first runs on; use it from that loop only.
+
+    asyncio only: redis-py has no trio support. Under trio, use the sync API
+    (``invoke``/``stream``) or run your async code on asyncio.
+
+    Deliveries are held under a lease: a driver that goes silent for ``lease``
+    seconds (crashed, killed) loses its deliveries to the next ``fetch``. Live
+    drivers renew their leases every ``lease / 3`` seconds however long a step
+    runs. Values are stored with ``serializer`` (``"json"``, safe; ``"pickle"``
+    only if everyone who can write to this Redis is trusted). ``ttl`` (seconds)
+    expires a state id after that long without activity. ``max_stream_length``
+    trims the log of each state id to about that many entries (``peek`` then
+    shows only the latest ones) and trims topic streams only below what every
+    reader has finished with (a process registered later then misses what was
+    trimmed).
+    """
+
+    lease: float
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "permflow",
+        lease: float = 30.0,
+        serializer: str | Serializer = "json",
+        ttl: float | None = None,
+        max_stream_length: int | None = None,
+    ) -> None:
+        self._configure(prefix, lease, serializer, ttl, max_stream_length)
+        kwargs = client.get_connection_kwargs()
+        if kwargs.get("decode_responses"):
+            raise ValueError("the redis client must be made with decode_responses=False (values are bytes)")
+        self._url: str | None = None
+        self._options: dict[str, Any] = {}
+        self._given: Redis | None = client
+        self._where = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "permflow",
+        lease: float = 30.0,
+        serializer: str | Serializer = "json",
+        ttl: float | None = None,
+        max_stream_length: int | None = None,
+        **client_options: Any,
+    ) -> RedisPubSubConnection:
+        """Connect lazily to ``url`` (``redis://``, ``rediss://``, ``unix://``,
+        with optional ``user:password@``). ``client_options`` go to
+        ``redis.asyncio.Redis.from_url`` (``socket_timeout``, ``ssl_ca_certs`` …)."""
+        if client_options.get("decode_responses"):
+            raise ValueError("decode_responses must stay False: values are stored as bytes")
+        self = cls.__new__(cls)
+        self._configure(prefix, lease, serializer, ttl, max_stream_length)
+        self._url, self._options, self._given = url, client_options, None
+        self._where = _redact(url)
+        return self
+
+    def _configure(
+        self,
+        prefix: str,
+        lease: float,
+        serializer: str | Serializer,
+        ttl: float | None,
+        max_stream_length: int | None,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix must be a non-empty string without braces, got {prefix!r}")
+        if not lease > 0:
+            raise ValueError(f"lease must be a positive number of seconds (or math.inf), got {lease!r}")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
+        if max_stream_length is not None and max_stream_length < 1:
+            raise ValueError(f"max_stream_length must be at least 1 or None, got {max_stream_length!r}")
+        self.prefix = prefix
+        self.lease = float(lease)
+        self.serializer = resolve_serializer(serializer)
+        self.ttl = ttl
+        self.max_stream_length = max_stream_length
+        self._lease_ms = _FOREVER_MS if math.isinf(lease) else max(1, int(lease * 1000))
+        self._head = [0 if ttl is None else max(1, int(ttl * 1000)), self.serializer.name, max_stream_length or 0]
+        self._bound: dict[asyncio.AbstractEventLoop, _Bound] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<RedisPubSubConnection {self._where} prefix={self.prefix!r} lease={self.lease}>"
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _client(self) -> _Bound:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; make a new connection")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "RedisPubSubConnection works on asyncio only (redis-py has no trio support): "
+                "run async code on asyncio, or use the sync API (invoke, stream), which runs "
+                "on permflow's own asyncio loop"
+            ) from None
+        bound = self._bound.get(loop)
+        if bound is not None:
+            return bound
+        with self._lock:
+            for old in [lp for lp in self._bound if lp.is_closed()]:
+                del self._bound[old]
+            if self._given is not None:
+                if self._bound:
+                    raise RuntimeError(
+                        "this RedisPubSubConnection wraps a redis client bound to another event loop; "
+                        "use RedisPubSubConnection.from_url(...) to use it from several loops "
+                        "(for example async code and the sync invoke)"
+                    )
+                client = self._given
+            else:
+                import redis.asyncio
+
+                assert self._url is not None
+                client = redis.asyncio.Redis.from_url(self._url, **self._options)
+            bound = self._bound[loop] = _Bound(client, loop)
+        return bound
+
+    @contextmanager
+    def _failures(self, doing: str) -> Iterator[None]:
+        from redis.exceptions import RedisError
+
+        try:
+            yield
+        except (RedisError, OSError) as exc:
+            raise ConnectionFailedError(
+                f"Redis at {self._where} failed while {doing}: {type(exc).__name__}: {exc}. "
+                "Check that the server is running and reachable; the next call reconnects."
+            ) from exc
+
+    def _keys(self, state_id: str) -> tuple[list[str], list[Any]]:
+        base = "{%s:%s}" % (self.prefix, _escape(state_id))
+        keys = [f"{base}:log", f"{base}:n", f"{base}:reg", f"{base}:topics", f"{base}:chg"]
+        return keys, [base, *self._head]
+
+    def _encode(self, messages: Sequence[Message]) -> list[Any]:
+        """Serialize every value first: nothing is sent if one cannot be stored."""
+        args: list[Any] = [len(messages)]
+        dumps = self.serializer.dumps
+        for m in messages:
+            trail = json.dumps(m.trail, separators=(",", ":"))
+            args += (m.topic, dumps(m.value, m.topic), repr(float(m.published_at)), m.depth, trail)
+        return args
+
+    def _decode(self, key: str, entry_id: Any, fields: list[Any], state_id: str) -> Message:
+        eid = _text(entry_id)
+        try:
+            f = {_text(k): v for k, v in zip(fields[::2], fields[1::2], strict=True)}
+            written = _text(f["s"])
+            if written != self.serializer.name:
+                raise CorruptEntryError(
+                    f"entry {eid} of Redis key {key!r} was written with serializer {written!r}, but "
+                    f"this connection uses {self.serializer.name!r}: open the connection with the "
+                    "serializer its writers use (and never unpickle what untrusted writers stored)"
+                )
+            value = self.serializer.loads(f["v"])
+            trail = tuple(_trail_entry(t) for t in json.loads(f["r"]))
+            log_id = _text(f.get("l", entry_id))
+            return Message(_text(f["t"]), value, state_id, float(f["p"]), log_id, int(f["d"]), trail)
+        except CorruptEntryError:
+            raise
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise CorruptEntryError(
+                f"entry {eid} of Redis key {key!r} is not a permflow message "
+                f"({type(exc).__name__}: {exc}); something else wrote to this key"
+            ) from exc
+
+    def _stored(self, state_id: str, messages: Sequence[Message], ids: list[Any]) -> list[Message]:
+        return [
+            Message(m.topic, m.value, state_id, m.published_at, _text(i), m.depth, m.trail)
+            for m, i in zip(messages, ids, strict=True)
+        ]
+
+    # -- the protocol ----------------------------------------------------------
+
+    async def register(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
+        if not subscriptions:
+            return
+        keys, args = self._keys(state_id)
+        for sub in subscriptions:
+            args += (sub.process, ("j" if sub.join else "s") + sub.topic)
+        bound = self._client()
+        with self._failures(f"registering processes of state id {state_id!r}"):
+            conflict = await bound.run("REGISTER", keys, args)
+        if conflict:
+            process, known = _text(conflict[0]), _text(conflict[1])
+            raise DefinitionError(
+                f"process {process!r} is registered in state {state_id!r} as reading topic "
+                f"{known[1:]!r}{' (join)' if known[0] == 'j' else ''}; it cannot now read another "
+                "topic or mode. Give the new chain another name."
+            )
+
+    async def publish(self, state_id: str, messages: Sequence[Message]) -> list[Message]:
+        encoded = self._encode(messages)
+        if not messages:
+            return []
+        keys, args = self._keys(state_id)
+        bound = self._client()
+        with self._failures(f"publishing to state id {state_id!r}"):
+            ids = await bound.run("PUBLISH", keys, [*args, *encoded])
+        return self._stored(state_id, messages, ids)
+
+    async def fetch(
+        self, state_id: str, process: str, *, owner: str, limit: int | None = None
+    ) -> list[Delivery]:
+        keys, args = self._keys(state_id)
+        bound = self._client()
+        args += (process, owner, self._lease_ms, limit or 0, lua.RELEASED)
+        with self._failures(f"fetching for process {process!r} of state id {state_id!r}"):
+            mode, topic_raw, entries = await bound.run("FETCH", keys, args)
+        mode = _text(mode)
+        if mode == "?":
+            raise KeyError(f"process {process!r} is not registered in state id {state_id!r}")
+        if not entries:
+            return []
+        topic = _text(topic_raw)
+        stream = f"{args[0]}:t:{topic}"
+        messages: list[Message] = []
+        for entry_id, _, fields in entries:
+            try:
+                messages.append(self._decode(stream, entry_id, fields, state_id))
+            except CorruptEntryError as exc:
+                with self._failures(f"setting aside entry {_text(entry_id)} of {stream!r}"):
+                    await bound.run("SKIP", keys, [*self._keys(state_id)[1], process, topic, entry_id])
+                raise CorruptEntryError(
+                    f"{exc}. It was skipped for process {process!r} of state id {state_id!r} and left "
+                    f"in the stream for inspection (XRANGE {stream} {_text(entry_id)} {_text(entry_id)})"
+                ) from exc.__cause__
+        ids = tuple(_text(e[0]) for e in entries)
+        attempts = [int(e[1]) for e in entries]
+        if mode == "j":
+            return [Delivery(state_id, process, tuple(messages), max(attempts), (topic, ids))]
+        return [
+            Delivery(state_id, process, (m,), a, (topic, (i,)))
+            for m, a, i in zip(messages, attempts, ids, strict=True)
+        ]
+
+    async def commit(
+        self, delivery: Delivery, messages: Sequence[Message], *, owner: str
+    ) -> list[Message] | None:
+        encoded = self._encode(messages)
+        state_id = delivery.state_id
+        topic, ids = delivery.handle
+        order = sorted(ids, key=_id_key)
+        keys, args = self._keys(state_id)
+        args += (delivery.process, topic, owner, order[0], order[-1], len(ids), *ids, *encoded)
+        bound = self._client()
+        with self._failures(f"committing for process {delivery.process!r} of state id {state_id!r}"):
+            stored = await bound.run("COMMIT", keys, args)
+        if stored is None:
+            return None
+        return self._stored(state_id, messages, stored)
+
+    async def release(self, state_id: str, owner: str) -> None:
+        keys, args = self._keys(state_id)
+        bound = self._client()
+        with self._failures(f"releasing deliveries of state id {state_id!r}"):
+            await bound.run("RELEASE", keys, [*args, owner, lua.RELEASED])
+
+    async def renew(self, state_id: str, owner: str) -> None:
+        keys, args = self._keys(state_id)
+        bound = self._client()
+        with self._failures(f"renewing leases of state id {state_id!r}"):
+            await bound.run("RENEW", keys, [*args, owner])
+
+    async def outstanding(self, state_id: str, processes: Sequence[str]) -> dict[str, int]:
+        keys, args = self._keys(state_id)
+        bound = self._client()
+        names = list(dict.fromkeys(processes))
+        with self._failures(f"counting outstanding messages of state id {state_id!r}"):
+            async with bound.client.pipeline(transaction=True) as pipe:
+                pipe.xrevrange(keys[4], count=1)
+                if names:
+                    pipe.hmget(keys[1], names)
+                replies = await pipe.execute()
+        last = replies[0]
+        _seen.set((id(self), args[0], last[0][0] if last else b"0-0"))
+        counts = replies[1] if names else []
+        return {name: max(0, int(n or 0)) for name, n in zip(names, counts, strict=True)} | {
+            p: 0 for p in processes if p not in names
+        }
+
+    async def apeek(self, state_id: str) -> list[Message]:
+        keys, _ = self._keys(state_id)
+        bound = self._client()
+        messages: list[Message] = []
+        start = "-"
+        while True:
+            with self._failures(f"reading the log of state id {state_id!r}"):
+                batch = await bound.client.xrange(keys[0], min=start, max="+", count=1000)
+            messages += (self._decode(keys[0], eid, _flat(fields), state_id) for eid, fields in batch)
+            if len(batch) < 1000:
+                return messages
+            start = "(" + _text(batch[-1][0])
+
+    async def wait_for_change(self, state_id: str, max_seconds: float) -> None:
+        if max_seconds <= 0:
+            return
+        keys, args = self._keys(state_id)
+        seen = _seen.get()
+        since = seen[2] if seen is not None and seen[:2] == (id(self), args[0]) else b"$"
+        block = 0 if math.isinf(max_seconds) else max(1, int(max_seconds * 1000))
+        bound = self._client()
+        with self._failures(f"waiting for changes of state id {state_id!r}"):
+            reply = await bound.client.xread({keys[4]: since}, count=1, block=block)
+        if reply:
+            _seen.set((id(self), args[0], reply[0][1][-1][0]))
+
+    async def adelete(self, state_id: str) -> None:
+        keys, args = self._keys(state_id)
+        bound = self._client()
+        with self._failures(f"deleting state id {state_id!r}"):
+            await bound.run("DELETE", keys, args)
+
+    async def astate_ids(self) -> list[str]:
+        """State ids with keys under this prefix (SCAN, for inspection)."""
+        bound = self._client()
+        start = "{%s:" % self.prefix
+        pattern = _glob_escape(start) + "*"
+        found: set[str] = set()
+        with self._failures(f"listing state ids under prefix {self.prefix!r}"):
+            async for key in bound.client.scan_iter(match=pattern, count=500):
+                text = _text(key)
+                if text.startswith(start) and "}" in text:
+                    found.add(_unescape(text[len(start) : text.index("}")]))
+        return sorted(found)
+
+    def state_ids(self) -> list[str]:
+        """Sync twin of ``astate_ids``."""
+        from .._portal import run_sync
+
+        return run_sync(self.astate_ids)
+
+    async def aclose(self) -> None:
+        """Close the clients this connection made (a client you passed in stays
+        open: it is yours). Using the connection afterwards raises."""
+        self._closed = True
+        with self._lock:
+            bound, self._bound = list(self._bound.values()), {}
+        if self._given is not None:
+            return
+        here = asyncio.get_running_loop()
+        for b in bound:
+            if b.loop is here:
+                await b.client.aclose()
+            elif b.loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(b.client.aclose(), b.loop)
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
+                except (asyncio.TimeoutError, RuntimeError):
+                    pass  # that loop is busy or gone; its sockets close with it
+
+    def close(self) -> None:
+        """Sync twin of ``aclose``."""
+        from .._portal import run_sync
+
+        run_sync(self.aclose)
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _flat(fields: Any) -> list[Any]:
+    if isinstance(fields, dict):
+        return [x for kv in fields.items() for x in kv]
+    return list(fields)
+
+
+def _trail_entry(raw: Any) -> tuple[str, str, str]:
+    if not isinstance(raw, list) or len(raw) != 3 or not all(isinstance(x, str) for x in raw):
+        raise ValueError(f"bad trail entry {raw!r}")
+    return (raw[0], raw[1], raw[2])
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _escape(state_id: str) -> str:
+    """Keep ``{`` and ``}`` out of keys so the hash tag is exactly the state id."""
+    return state_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def _unescape(text: str) -> str:
+    return text.replace("%7D", "}").replace("%7B", "{").replace("%25", "%")
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password (user names stay: they help debugging)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable Redis URL>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
