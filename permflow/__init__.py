@@ -16,7 +16,7 @@ from ._process import Process
 from ._pubsub import PubSub
 from ._runnable import Runnable, RunnableEach, RunnableLambda, RunnableParallel, RunnableSequence
 from ._topic import Topic, route
-from .connections import InMemoryPubSubConnection, PubSubConnection, Subscription
+from .connections import InMemoryPubSubConnection, PubSubConnection, RedisPubSubConnection, Subscription
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "Process",
     "PubSub",
     "PubSubConnection",
+    "RedisPubSubConnection",
     "RunTimeoutError",
     "Runnable",
     "RunnableEach",

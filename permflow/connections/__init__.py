@@ -2,5 +2,6 @@
 
 from ._base import PubSubConnection, Subscription
 from .memory import InMemoryPubSubConnection
+from .redis import RedisPubSubConnection  # imports redis-py only when first used
 
-__all__ = ["InMemoryPubSubConnection", "PubSubConnection", "Subscription"]
+__all__ = ["InMemoryPubSubConnection", "PubSubConnection", "RedisPubSubConnection", "Subscription"]
