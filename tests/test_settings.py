@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from permflow import CycleError, PubSub, Topic
+from permflow import CycleError, InMemoryPubSubConnection, PubSub, Topic
 
 KNOWN = ("state_id", "recursion_limit", "max_concurrency", "timeout", "step_timeout", "max_deliveries")
 
@@ -145,9 +145,49 @@ async def test_constructor_max_concurrency_applies_to_every_call() -> None:
 
 def test_settings_survive_with_connection() -> None:
     """with_connection keeps the PubSub's settings."""
-    from permflow import InMemoryPubSubConnection
 
     pubsub = PubSub(*_hops(4).processes, recursion_limit=2)
     moved = pubsub.with_connection(InMemoryPubSubConnection())
     with pytest.raises(CycleError):
         moved.invoke(0)
+
+
+# -- what the in-memory connection keeps --------------------------------------
+
+
+def _counting(connection: InMemoryPubSubConnection) -> PubSub:
+    return PubSub(Topic.IN.subscribe() | (lambda x: x + 1) | Topic.OUT.publish(), connection=connection)
+
+
+def test_runs_without_state_id_leave_nothing_behind() -> None:
+    """Ten thousand invokes without a state id leave the in-memory connection empty."""
+    connection = InMemoryPubSubConnection()
+    pubsub = _counting(connection)
+    for i in range(10_000):
+        assert pubsub.invoke(i) == [i + 1]
+    assert connection.state_ids() == []
+
+
+def test_streams_and_batches_without_state_id_leave_nothing_behind() -> None:
+    """Finished streams and batches without a state id leave the connection empty too."""
+    connection = InMemoryPubSubConnection()
+    pubsub = _counting(connection)
+    for i in range(50):
+        assert [m.value for m in pubsub.stream(i)] == [i, i + 1]
+    assert pubsub.batch(list(range(50))) == [[i + 1] for i in range(50)]
+    assert connection.state_ids() == []
+
+
+def test_given_state_id_is_kept_until_deleted() -> None:
+    """State under a user-given state id stays, across calls, until pubsub.delete(state_id)."""
+    connection = InMemoryPubSubConnection()
+    pubsub = _counting(connection)
+    for i in range(100):
+        pubsub.invoke(i)
+    assert pubsub.invoke(1, {"state_id": "keep-me"}) == [2]
+    assert pubsub.invoke(5, {"state_id": "keep-me"}) == [6]
+    assert connection.state_ids() == ["keep-me"]
+    assert [m.value for m in pubsub.peek("keep-me")] == [1, 2, 5, 6]
+    pubsub.delete("keep-me")
+    assert connection.state_ids() == []
+    assert pubsub.peek("keep-me") == []
