@@ -214,7 +214,7 @@ class Run:
             if settings.step_timeout is None and self._steps is None:
                 await step.process.ainvoke(value, {RUN_KEY: ctx})
             else:
-                await self._invoke_guarded(step, value, ctx)
+                await self._invoke_guarded(step, value, ctx, source.topic)
         except Exception as exc:
             if self.plan.handles_errors and source.topic != ERROR_NAME:
                 record = _error_record(step.name, source.topic, value, exc, delivery.attempt)
@@ -229,14 +229,19 @@ class Run:
         outputs = [Message(t, v, sid, now, "", depth, trail) for t, v in ctx.outbox]
         return await self._commit(step, delivery, outputs)
 
-    async def _invoke_guarded(self, step: Step, value: Any, ctx: StepContext) -> None:
+    async def _invoke_guarded(self, step: Step, value: Any, ctx: StepContext, topic: str) -> None:
         timeout = self.settings.step_timeout
-        with anyio.fail_after(timeout) if timeout is not None else _no_timeout():
+        with anyio.move_on_after(timeout) as scope:
             if self._steps is None:
                 await step.process.ainvoke(value, {RUN_KEY: ctx})
             else:
                 async with self._steps:
                     await step.process.ainvoke(value, {RUN_KEY: ctx})
+        if scope.cancelled_caught:
+            raise TimeoutError(
+                f"process {step.name!r} took longer than step_timeout={timeout}s on a message "
+                f"of topic {topic!r} (state id {self.state_id!r})"
+            )
 
     async def _commit(
         self, step: Step, delivery: Delivery, outputs: list[Message]
@@ -267,14 +272,6 @@ class Run:
 
 def _depth(message: Message) -> int:
     return message.depth
-
-
-class _no_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _error_record(process: str, topic: str, value: Any, exc: BaseException, attempt: int) -> dict[str, Any]:

@@ -6,9 +6,9 @@ event loop (an anyio blocking portal on asyncio, started lazily on first use).
 This works from plain scripts, from many threads at once, and from a thread
 that runs its own event loop (a Jupyter cell).
 
-The one place where blocking on that loop would deadlock is its own thread: a
-step running on the loop that calls a sync API. There a temporary loop in a
-fresh thread serves the call instead.
+Blocking on that loop deadlocks if the loop itself is blocked: a step running
+on the loop's thread that calls a sync API. That call, and every sync call
+made while it lasts, is served by a temporary loop in a fresh thread.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _shared: BlockingPortal | None = None
 _shared_thread: threading.Thread | None = None
+_shared_blocked = 0
 
 
 def _start_shared() -> BlockingPortal:
@@ -56,11 +57,27 @@ def _start_shared() -> BlockingPortal:
 
 @contextmanager
 def portal() -> Iterator[BlockingPortal]:
-    """A portal to run async code from this thread without deadlocking."""
+    """A portal to run async code from this thread without deadlocking.
+
+    While a sync call blocks the shared loop's own thread (a step running on
+    the loop called ``invoke``), every sync call, from any thread, gets a
+    temporary loop instead: work nested in that call must never wait for
+    the blocked loop.
+    """
+    global _shared_blocked
     note_blocking_call()
-    if threading.current_thread() is _shared_thread:
-        with start_blocking_portal("asyncio") as temporary:
-            yield temporary
+    on_shared = threading.current_thread() is _shared_thread
+    if on_shared or _shared_blocked:
+        if on_shared:
+            with _lock:
+                _shared_blocked += 1
+        try:
+            with start_blocking_portal("asyncio") as temporary:
+                yield temporary
+        finally:
+            if on_shared:
+                with _lock:
+                    _shared_blocked -= 1
         return
     shared = _shared
     if shared is None:
