@@ -86,6 +86,13 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_prefix() -> str:
-    """A key prefix no other test shares."""
-    return f"permflow-test-{uuid.uuid4().hex[:12]}"
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test shares; its keys are removed afterwards."""
+    import redis
+
+    prefix = f"permflow-test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    with redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{{{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)

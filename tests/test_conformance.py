@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from permflow import InMemoryPubSubConnection
+from permflow import InMemoryPubSubConnection, PubSubConnection
 from permflow.testing import ConnectionSuite
 
 
@@ -15,3 +15,21 @@ class TestInMemoryConnection(ConnectionSuite):
     async def connection(self) -> AsyncIterator[InMemoryPubSubConnection]:
         async with InMemoryPubSubConnection() as conn:
             yield conn
+
+
+class TestRedisConnection(ConnectionSuite):
+    """The same suite against a real Redis server (redis-py supports asyncio only)."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    async def connection(self, redis_url: str, redis_prefix: str) -> AsyncIterator[PubSubConnection]:
+        from permflow import RedisPubSubConnection
+
+        conn = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()
