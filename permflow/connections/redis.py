@@ -13,8 +13,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, cast, final
 from urllib.parse import urlsplit, urlunsplit
+
+import anyio
 
 from .._errors import ConnectionFailedError, DefinitionError
 from .._message import Delivery, Message
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["CorruptEntryError", "RedisPubSubConnection"]
 
 _FOREVER_MS = 2**62
+_SHIELD_SECONDS = 30.0
 # (connection id, state key, last change id seen) - read by wait_for_change.
 _seen: ContextVar[tuple[int, str, bytes] | None] = ContextVar("permflow_redis_seen", default=None)
 
@@ -36,7 +39,7 @@ class _Bound:
     """One redis client and its scripts, bound to one event loop."""
 
     def __init__(self, client: Redis, loop: asyncio.AbstractEventLoop) -> None:
-        self.client = client
+        self.client: Any = client  # replies are parsed by hand below
         self.loop = loop
         self.scripts = {
             name: client.register_script(getattr(lua, name))
@@ -85,7 +88,7 @@ class RedisPubSubConnection(PubSubConnection):
         max_stream_length: int | None = None,
     ) -> None:
         self._configure(prefix, lease, serializer, ttl, max_stream_length)
-        kwargs = client.get_connection_kwargs()
+        kwargs: dict[str, Any] = cast(Any, client).get_connection_kwargs()
         if kwargs.get("decode_responses"):
             raise ValueError("the redis client must be made with decode_responses=False (values are bytes)")
         self._url: str | None = None
@@ -138,7 +141,8 @@ class RedisPubSubConnection(PubSubConnection):
         self.ttl = ttl
         self.max_stream_length = max_stream_length
         self._lease_ms = _FOREVER_MS if math.isinf(lease) else max(1, int(lease * 1000))
-        self._head = [0 if ttl is None else max(1, int(ttl * 1000)), self.serializer.name, max_stream_length or 0]
+        ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
+        self._head = [ttl_ms, self.serializer.name, max_stream_length or 0]
         self._bound: dict[asyncio.AbstractEventLoop, _Bound] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -194,7 +198,7 @@ class RedisPubSubConnection(PubSubConnection):
             ) from exc
 
     def _keys(self, state_id: str) -> tuple[list[str], list[Any]]:
-        base = "{%s:%s}" % (self.prefix, _escape(state_id))
+        base = f"{{{self.prefix}:{_escape(state_id)}}}"
         keys = [f"{base}:log", f"{base}:n", f"{base}:reg", f"{base}:topics", f"{base}:chg"]
         return keys, [base, *self._head]
 
@@ -271,8 +275,16 @@ class RedisPubSubConnection(PubSubConnection):
         keys, args = self._keys(state_id)
         bound = self._client()
         args += (process, owner, self._lease_ms, limit or 0, lua.RELEASED)
-        with self._failures(f"fetching for process {process!r} of state id {state_id!r}"):
+        doing = f"fetching for process {process!r} of state id {state_id!r}"
+        # Shielded: once sent, the script hands deliveries to owner; a caller cancelled
+        # mid-flight must still learn of them, or they would wait out the lease.
+        with self._failures(doing), anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + _SHIELD_SECONDS
             mode, topic_raw, entries = await bound.run("FETCH", keys, args)
+        if scope.cancelled_caught:
+            raise ConnectionFailedError(
+                f"Redis at {self._where} did not answer within {_SHIELD_SECONDS}s while {doing}"
+            )
         mode = _text(mode)
         if mode == "?":
             raise KeyError(f"process {process!r} is not registered in state id {state_id!r}")
@@ -380,7 +392,7 @@ class RedisPubSubConnection(PubSubConnection):
     async def astate_ids(self) -> list[str]:
         """State ids with keys under this prefix (SCAN, for inspection)."""
         bound = self._client()
-        start = "{%s:" % self.prefix
+        start = f"{{{self.prefix}:"
         pattern = _glob_escape(start) + "*"
         found: set[str] = set()
         with self._failures(f"listing state ids under prefix {self.prefix!r}"):
