@@ -191,41 +191,6 @@ async def test_step_calling_sync_invoke_is_pinned_to_threads() -> None:
     assert all(t is not loop for t in probe.threads)
 
 
-def test_inline_step_calling_sync_invoke_does_not_deadlock() -> None:
-    """A step forced inline (on the run's loop thread) can call another PubSub's sync invoke."""
-    loop_threads: list[threading.Thread] = []
-
-    async def where(x: Any) -> Any:
-        loop_threads.append(threading.current_thread())
-        return x
-
-    probe = Probe(nested=_echo())
-    outer = PubSub(
-        Topic.IN.subscribe() | where | RunnableLambda(probe, execution="inline") | Topic.OUT.publish()
-    )
-    assert _call_with_deadline(lambda: outer.invoke("deep")) == ["deep"]
-    assert probe.threads == loop_threads
-
-
-def test_async_step_calling_sync_invoke_does_not_deadlock() -> None:
-    """An ``async def`` step (on the run's loop thread) can call another PubSub's sync invoke."""
-    inner = _echo()
-
-    async def nest(x: Any) -> Any:
-        return inner.invoke(x)[0] + "!"
-
-    outer = PubSub(Topic.IN.subscribe() | nest | Topic.OUT.publish())
-    assert _call_with_deadline(lambda: outer.invoke("a")) == ["a!"]
-
-
-def test_auto_step_calling_sync_invoke_does_not_deadlock() -> None:
-    """A default (auto) sync step can call another PubSub's sync invoke, many times over."""
-    probe = Probe(nested=_echo())
-    outer = PubSub(Topic.IN.subscribe() | probe | Topic.OUT.publish())
-    for i in range(WARMUP_RUNS * 3):
-        assert _call_with_deadline(lambda i=i: outer.invoke(i)) == [i]
-
-
 def _run_isolated(code: str, seconds: float = 5) -> str:
     """Run ``code`` in a fresh interpreter, so a deadlock cannot wedge this session's loop."""
     try:
@@ -240,6 +205,54 @@ def _run_isolated(code: str, seconds: float = 5) -> str:
         pytest.fail(f"nested invoke did not return within {seconds}s: deadlock")
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def test_inline_step_calling_sync_invoke_does_not_deadlock() -> None:
+    """A step forced inline (on the run's loop thread) can call another PubSub's sync invoke."""
+    code = """
+        import threading
+        from permflow import PubSub, RunnableLambda, Topic
+
+        inner = PubSub(Topic.IN.subscribe() | Topic.OUT.publish())
+        threads = []
+
+        async def where(x):
+            threads.append(threading.current_thread())
+            return x
+
+        def nest(x):
+            threads.append(threading.current_thread())
+            return inner.invoke(x)[0]
+
+        step = RunnableLambda(nest, execution="inline")
+        outer = PubSub(Topic.IN.subscribe() | where | step | Topic.OUT.publish())
+        print(outer.invoke("deep"), threads[0] is threads[1])
+    """
+    assert _run_isolated(code) == "['deep'] True"
+
+
+def test_async_step_calling_sync_invoke_does_not_deadlock() -> None:
+    """An ``async def`` step (on the run's loop thread) can call another PubSub's sync invoke."""
+    code = """
+        from permflow import PubSub, Topic
+
+        inner = PubSub(Topic.IN.subscribe() | Topic.OUT.publish())
+
+        async def nest(x):
+            return inner.invoke(x)[0] + "!"
+
+        outer = PubSub(Topic.IN.subscribe() | nest | Topic.OUT.publish())
+        print([outer.invoke("a"), outer.invoke("b")])
+    """
+    assert _run_isolated(code) == "[['a!'], ['b!']]"
+
+
+def test_auto_step_calling_sync_invoke_does_not_deadlock() -> None:
+    """A default (auto) sync step can call another PubSub's sync invoke, many times over."""
+    probe = Probe(nested=_echo())
+    outer = PubSub(Topic.IN.subscribe() | probe | Topic.OUT.publish())
+    for i in range(WARMUP_RUNS * 3):
+        assert _call_with_deadline(lambda i=i: outer.invoke(i)) == [i]
 
 
 def test_nested_sync_invokes_three_levels_deep_inline() -> None:
@@ -273,21 +286,6 @@ def test_nested_async_steps_calling_sync_invoke_two_levels_deep() -> None:
         print(level(level(inner)).invoke("y"))
     """
     assert _run_isolated(code) == "['y']"
-
-
-def test_single_nested_async_invoke_in_fresh_interpreter() -> None:
-    """One level of ``async def`` step calling sync invoke works in a fresh interpreter (control)."""
-    code = """
-        from permflow import PubSub, Topic
-
-        inner = PubSub(Topic.IN.subscribe() | Topic.OUT.publish())
-
-        async def call(x):
-            return inner.invoke(x)[0]
-
-        print(PubSub(Topic.IN.subscribe() | call | Topic.OUT.publish()).invoke("z"))
-    """
-    assert _run_isolated(code) == "['z']"
 
 
 def _fan_out(step: Any) -> PubSub:

@@ -193,9 +193,13 @@ async def test_nested_sync_invoke_under_async_run(step_kind: str) -> None:
         assert await _nesting(step_kind).ainvoke(5) == [11]
 
 
-@pytest.mark.parametrize("step_kind", ["auto", "thread", "inline", "async"])
+@pytest.mark.parametrize("step_kind", ["auto", "thread"])
 def test_nested_sync_invoke_under_sync_run(step_kind: str) -> None:
-    """A step calling another PubSub's sync invoke works inside a sync invoke."""
+    """A step in a worker thread calling another PubSub's sync invoke works inside a sync invoke.
+
+    Steps on the loop thread (inline, async) are covered in a fresh interpreter
+    by test_execution.py, where a regression cannot wedge this session's loop.
+    """
     assert _call_with_deadline(lambda: _nesting(step_kind).invoke(5)) == [11]
 
 
