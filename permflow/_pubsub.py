@@ -151,7 +151,11 @@ class PubSub(Runnable):
         *,
         max_concurrency: int | None = None,
     ) -> list[Any]:
-        """Independent runs, concurrently; one config for all or one per input."""
+        """Independent runs, concurrently; one config for all or one per input.
+
+        Results are in input order. The first run to fail cancels the others
+        and its exception is raised (as ``invoke`` would raise it).
+        """
         if config is None or isinstance(config, Mapping):
             if config and config.get("state_id") and len(inputs) > 1:
                 raise ValueError("batch runs are independent: give one config per input to set state ids")
@@ -162,17 +166,24 @@ class PubSub(Runnable):
                 raise ValueError(f"got {len(inputs)} inputs but {len(configs)} configs")
         results: list[Any] = [None] * len(inputs)
         limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
+        failures: list[Exception] = []
 
         async def one(i: int) -> None:
-            if limiter is None:
-                results[i] = await self.ainvoke(inputs[i], configs[i])
-            else:
-                async with limiter:
+            try:
+                if limiter is None:
                     results[i] = await self.ainvoke(inputs[i], configs[i])
+                else:
+                    async with limiter:
+                        results[i] = await self.ainvoke(inputs[i], configs[i])
+            except Exception as exc:  # the first failure fails the batch, like invoke
+                failures.append(exc)
+                tg.cancel_scope.cancel()
 
         async with anyio.create_task_group() as tg:
             for i in range(len(inputs)):
                 tg.start_soon(one, i)
+        if failures:
+            raise failures[0]
         return results
 
     async def apeek(self, state_id: str) -> list[Message]:
