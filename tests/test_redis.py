@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,9 @@ from permflow import (
     Topic,
 )
 from permflow.connections.redis import CorruptEntryError
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 pytestmark = pytest.mark.anyio
 
@@ -271,21 +275,45 @@ async def test_state_ids_with_braces_stay_apart(conn: RedisPubSubConnection) -> 
 async def test_garbage_in_a_topic_stream_is_a_clear_error_once(
     conn: RedisPubSubConnection, raw: Any, redis_prefix: str
 ) -> None:
-    """A foreign entry fails the fetch naming the key, is set aside, and does not fail again."""
+    """Foreign entries fail one fetch naming the key; the readable ones are handed back untouched."""
     await conn.register("s", READ_A)
     await conn.publish("s", [msg("a", "good")])
     stream = key(redis_prefix, "s", "t:a")
     await raw.xadd(stream, {"hello": "world"})
+    await raw.xadd(stream, {"v": "more garbage"})
     await conn.publish("s", [msg("a", "after")])
     with pytest.raises(CorruptEntryError, match=r"\{.*:s\}:t:a") as info:
         await conn.fetch("s", "p", owner="o")
-    assert "'p'" in str(info.value)
-    await conn.release("s", "o")
+    assert "'p'" in str(info.value) and "1 more" in str(info.value)
     got = await conn.fetch("s", "p", owner="o2")
-    assert [d.messages[0].value for d in got] == ["good", "after"]
+    assert [(d.messages[0].value, d.attempt) for d in got] == [("good", 1), ("after", 1)]
     for d in got:
         await conn.commit(d, [], owner="o2")
     assert await conn.outstanding("s", ["p"]) == {"p": 0}
+
+
+async def test_a_run_meeting_garbage_fails_once_then_carries_on(
+    conn: RedisPubSubConnection, raw: Any, redis_prefix: str
+) -> None:
+    """invoke raises CorruptEntryError once; the next invoke finishes at once (no lease to wait out)."""
+    pubsub = PubSub(processes=SEED, connection=conn)
+    assert await pubsub.ainvoke("a", {"state_id": "g"}) == ["abc"]
+    await raw.xadd(key(redis_prefix, "g", "t:one"), {"junk": "1"})
+    await conn.publish("g", [msg("one", "x")])
+    with anyio.fail_after(3):
+        with pytest.raises(Exception) as info:
+            await pubsub.ainvoke(None, {"state_id": "g"})
+        assert isinstance(single(info.value), CorruptEntryError)
+        assert "Invoke again" in str(single(info.value))
+        assert await pubsub.ainvoke(None, {"state_id": "g"}) == ["xc"]
+
+
+def single(exc: BaseException) -> BaseException:
+    """The one error inside ``exc``: errors raised while the engine drives a run
+    (not inside a step) currently reach the caller wrapped in a one-error group."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def test_pickled_entries_are_refused_by_a_json_connection(

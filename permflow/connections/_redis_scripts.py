@@ -103,7 +103,8 @@ local function store(i)
   for m = 0, tonumber(ARGV[i]) - 1 do
     local j = i + 1 + m * 5
     local topic = ARGV[j]
-    local fields = {'t', topic, 'p', ARGV[j + 2], 'd', ARGV[j + 3], 'r', ARGV[j + 4], 's', fmt, 'v', ARGV[j + 1]}
+    local fields = {'t', topic, 'p', ARGV[j + 2], 'd', ARGV[j + 3], 'r', ARGV[j + 4],
+                    's', fmt, 'v', ARGV[j + 1]}
     local id
     if maxlen > 0 then
       id = redis.call('XADD', LOG, 'MAXLEN', '~', maxlen, '*', unpack(fields))
@@ -297,12 +298,20 @@ return moved
 """
 )
 
-# ARGV[5..]: process, topic, entry id. Sets aside an unreadable entry.
+# ARGV[5..]: process, topic, released consumer, n bad ids, bad ids..., then
+# (id, delivery count before this fetch) of the good ones. Acks the unreadable
+# entries and hands the good ones back untouched, after a fetch that met garbage.
 SKIP = (
     _PRELUDE
     + """
-local acked = redis.call('XACK', tkey(ARGV[6]), ARGV[5], ARGV[7])
-if acked > 0 then uncount(ARGV[5], acked) end
+local process, stream, released, n = ARGV[5], tkey(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local bad = {}
+for k = 9, 8 + n do bad[#bad + 1] = ARGV[k] end
+local acked = redis.call('XACK', stream, process, unpack(bad))
+if acked > 0 then uncount(process, acked) end
+for k = 9 + n, #ARGV, 2 do
+  claim(stream, process, released, {ARGV[k]}, {'IDLE', 0, 'RETRYCOUNT', ARGV[k + 1], 'JUSTID'})
+end
 changed()
 return acked
 """

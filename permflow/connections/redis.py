@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, cast, final
+from typing import TYPE_CHECKING, Any, NoReturn, cast, final
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -187,10 +187,16 @@ class RedisPubSubConnection(PubSubConnection):
 
     @contextmanager
     def _failures(self, doing: str) -> Iterator[None]:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError, ResponseError
 
         try:
             yield
+        except ResponseError as exc:
+            raise ConnectionFailedError(
+                f"Redis at {self._where} refused a command while {doing}: {exc}. A key under "
+                f"prefix {self.prefix!r} may have been written by another program: inspect it, "
+                "or delete the state id."
+            ) from exc
         except (RedisError, OSError) as exc:
             raise ConnectionFailedError(
                 f"Redis at {self._where} failed while {doing}: {type(exc).__name__}: {exc}. "
@@ -293,16 +299,14 @@ class RedisPubSubConnection(PubSubConnection):
         topic = _text(topic_raw)
         stream = f"{args[0]}:t:{topic}"
         messages: list[Message] = []
+        bad: list[tuple[Any, CorruptEntryError]] = []
         for entry_id, _, fields in entries:
             try:
                 messages.append(self._decode(stream, entry_id, fields, state_id))
             except CorruptEntryError as exc:
-                with self._failures(f"setting aside entry {_text(entry_id)} of {stream!r}"):
-                    await bound.run("SKIP", keys, [*self._keys(state_id)[1], process, topic, entry_id])
-                raise CorruptEntryError(
-                    f"{exc}. It was skipped for process {process!r} of state id {state_id!r} and left "
-                    f"in the stream for inspection (XRANGE {stream} {_text(entry_id)} {_text(entry_id)})"
-                ) from exc.__cause__
+                bad.append((entry_id, exc))
+        if bad:
+            await self._set_aside(bound, state_id, process, topic, entries, bad)
         ids = tuple(_text(e[0]) for e in entries)
         attempts = [int(e[1]) for e in entries]
         if mode == "j":
@@ -311,6 +315,33 @@ class RedisPubSubConnection(PubSubConnection):
             Delivery(state_id, process, (m,), a, (topic, (i,)))
             for m, a, i in zip(messages, attempts, ids, strict=True)
         ]
+
+    async def _set_aside(
+        self,
+        bound: _Bound,
+        state_id: str,
+        process: str,
+        topic: str,
+        entries: list[Any],
+        bad: list[tuple[Any, CorruptEntryError]],
+    ) -> NoReturn:
+        """Ack unreadable entries (so they fail one run, not every run), hand the
+        readable ones of the same fetch back as they were, and raise."""
+        keys, args = self._keys(state_id)
+        skipped = {_text(eid) for eid, _ in bad}
+        good = [(e[0], int(e[1]) - 1) for e in entries if _text(e[0]) not in skipped]
+        args += (process, topic, lua.RELEASED, len(bad), *(eid for eid, _ in bad))
+        args += (x for pair in good for x in pair)
+        stream = f"{args[0]}:t:{topic}"
+        with self._failures(f"setting aside unreadable entries of {stream!r}"):
+            await bound.run("SKIP", keys, args)
+        first_id, first = bad[0]
+        more = f" ({len(bad) - 1} more like it)" if len(bad) > 1 else ""
+        raise CorruptEntryError(
+            f"{first}{more}. Process {process!r} of state id {state_id!r} skipped it; it stays in "
+            f"the stream for inspection (XRANGE {stream} {_text(first_id)} {_text(first_id)}). "
+            "Invoke again to carry on without it."
+        ) from first.__cause__
 
     async def commit(
         self, delivery: Delivery, messages: Sequence[Message], *, owner: str
