@@ -189,6 +189,40 @@ def test_process_cannot_be_piped_into_a_process() -> None:
         a | b
 
 
+def test_partial_of_async_function_is_awaited() -> None:
+    """A functools.partial of an async function is awaited as a step, not run as a sync one."""
+    import functools
+
+    async def add(x: int, y: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return x + y
+
+    assert _run(functools.partial(add, y=5), value=1) == [6]
+
+
+def test_callable_object_with_async_call_is_awaited() -> None:
+    """An object whose ``__call__`` is async is awaited as a step."""
+    assert _run(Flaky(0), value="same") == ["same"]
+
+
+def test_nested_pubsub_error_keeps_its_type() -> None:
+    """An error inside a nested PubSub step reaches the outer invoke with its own type and message."""
+
+    def fail(x: int) -> int:
+        raise ZeroDivisionError(f"cannot split {x}")
+
+    inner = PubSub(Topic.IN.subscribe() | fail | Topic.OUT.publish())
+    with pytest.raises(ZeroDivisionError, match="cannot split 3"):
+        _run(inner, value=3)
+
+
+def test_runnable_batch_keeps_input_order() -> None:
+    """``runnable.batch`` runs each input and returns results in input order."""
+    step = RunnableLambda(_aincrement) | _double
+    assert step.batch([3, 1, 2]) == [8, 4, 6]
+    assert step.batch([3, 1, 2], max_concurrency=1) == [8, 4, 6]
+
+
 # -- outside a run -----------------------------------------------------------
 
 

@@ -164,6 +164,17 @@ def test_stream_inside_running_trio_loop() -> None:
     assert _call_with_deadline(lambda: trio.run(main)) == [3, 6, 6]
 
 
+def test_chain_invoke_inside_running_loops() -> None:
+    """A chain's sync invoke (a unit test of its steps) works inside asyncio.run and trio.run."""
+    chain = Topic.IN.subscribe() | (lambda x: x * 3) | Topic.OUT.publish()
+
+    async def main() -> Any:
+        return chain.invoke(2)
+
+    assert _call_with_deadline(lambda: asyncio.run(main())) == 6
+    assert _call_with_deadline(lambda: trio.run(main)) == 6
+
+
 # -- nested: a step calling another PubSub's sync API ------------------------
 
 
