@@ -438,6 +438,7 @@ async def test_trio_gets_a_clear_error(anyio_backend: str, redis_url: str, redis
     conn = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix)
     with pytest.raises(RuntimeError, match="asyncio only"):
         await conn.apeek("s")
+    await conn.aclose()  # closing is harmless under trio too
 
 
 async def test_resume_after_breaking_out_of_a_stream(conn: RedisPubSubConnection) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast, final
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import anyio.to_thread
 
 from .._errors import ConnectionFailedError, DefinitionError
 from .._message import Delivery, Message
@@ -75,7 +76,7 @@ class RedisPubSubConnection(PubSubConnection):
     trimmed).
     """
 
-    lease: float
+    lease: float = 30.0
 
     def __init__(
         self,
@@ -192,14 +193,16 @@ class RedisPubSubConnection(PubSubConnection):
         try:
             yield
         except ResponseError as exc:
+            reason = str(exc).rstrip(".")
             raise ConnectionFailedError(
-                f"Redis at {self._where} refused a command while {doing}: {exc}. A key under "
+                f"Redis at {self._where} refused a command while {doing}: {reason}. A key under "
                 f"prefix {self.prefix!r} may have been written by another program: inspect it, "
                 "or delete the state id."
             ) from exc
         except (RedisError, OSError) as exc:
+            reason = str(exc).rstrip(".")
             raise ConnectionFailedError(
-                f"Redis at {self._where} failed while {doing}: {type(exc).__name__}: {exc}. "
+                f"Redis at {self._where} failed while {doing}: {type(exc).__name__}: {reason}. "
                 "Check that the server is running and reachable; the next call reconnects."
             ) from exc
 
@@ -447,16 +450,19 @@ class RedisPubSubConnection(PubSubConnection):
             bound, self._bound = list(self._bound.values()), {}
         if self._given is not None:
             return
-        here = asyncio.get_running_loop()
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # trio: no client can live on this loop
+            here = None
         for b in bound:
             if b.loop is here:
                 await b.client.aclose()
-            elif b.loop.is_running():
+            elif b.loop.is_running():  # e.g. the sync API's background loop
                 future = asyncio.run_coroutine_threadsafe(b.client.aclose(), b.loop)
                 try:
-                    await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
-                except (asyncio.TimeoutError, RuntimeError):
-                    pass  # that loop is busy or gone; its sockets close with it
+                    await anyio.to_thread.run_sync(future.result, 5.0)
+                except Exception:
+                    future.cancel()  # that loop is busy or going away; its sockets close with it
 
     def close(self) -> None:
         """Sync twin of ``aclose``."""
