@@ -418,6 +418,15 @@ def test_seed_snippet_through_the_sync_api(redis_url: str, redis_prefix: str) ->
         cleanup.close()
 
 
+async def test_a_batch_larger_than_the_pool_waits_for_connections(redis_url: str, redis_prefix: str) -> None:
+    """Many concurrent runs share a small pool: they wait for a free connection instead of failing."""
+    async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, max_connections=3) as c:
+        with anyio.fail_after(20):
+            assert (
+                await PubSub(processes=SEED, connection=c).abatch(["a", "b"] * 25) == [["abc"], ["bbc"]] * 25
+            )
+
+
 async def test_a_given_client_is_used_on_its_own_loop(redis_url: str, redis_prefix: str) -> None:
     """A connection around a user's client works on that client's loop and refuses other loops."""
     client = redis.asyncio.Redis.from_url(redis_url)

@@ -111,7 +111,9 @@ class RedisPubSubConnection(PubSubConnection):
     ) -> RedisPubSubConnection:
         """Connect lazily to ``url`` (``redis://``, ``rediss://``, ``unix://``,
         with optional ``user:password@``). ``client_options`` go to
-        ``redis.asyncio.Redis.from_url`` (``socket_timeout``, ``ssl_ca_certs`` …)."""
+        ``redis.asyncio.BlockingConnectionPool.from_url`` (``socket_timeout``,
+        ``ssl_ca_certs`` …). Each event loop gets a pool of ``max_connections``
+        (100) connections; callers wait for a free one (``timeout``: forever)."""
         if client_options.get("decode_responses"):
             raise ValueError("decode_responses must stay False: values are stored as bytes")
         self = cls.__new__(cls)
@@ -182,7 +184,9 @@ class RedisPubSubConnection(PubSubConnection):
                 import redis.asyncio
 
                 assert self._url is not None
-                client = redis.asyncio.Redis.from_url(self._url, **self._options)
+                options = {"max_connections": 100, "timeout": None, **self._options}
+                pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
+                client = redis.asyncio.Redis.from_pool(pool)
             bound = self._bound[loop] = _Bound(client, loop)
         return bound
 
