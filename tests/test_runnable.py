@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from permflow import PubSub, Runnable, RunnableLambda, Topic
+from permflow import InMemoryPubSubConnection, PubSub, Runnable, RunnableLambda, Topic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -504,3 +504,15 @@ def test_explicit_duplicate_names_are_an_error() -> None:
     two = (Topic.IN.subscribe() | _aincrement | Topic.OUT.publish()).with_name("worker")
     with pytest.raises(ValueError, match="'worker'"):
         PubSub(one, two)
+
+
+def test_adding_an_unnamed_chain_keeps_each_chains_progress() -> None:
+    """A later PubSub on the same state id that adds an unnamed chain in front neither steals
+    nor repeats another chain's progress: each sees every message of its topic exactly once."""
+    seen: list[tuple[str, int]] = []
+    first = Topic.IN.subscribe() | (lambda x: seen.append(("first", x)))
+    second = Topic.IN.subscribe() | (lambda x: seen.append(("second", x)))
+    connection = InMemoryPubSubConnection()
+    PubSub(first, connection=connection).invoke(1, {"state_id": "grown"})
+    PubSub(second, first, connection=connection).invoke(2, {"state_id": "grown"})
+    assert sorted(seen) == [("first", 1), ("first", 2), ("second", 1), ("second", 2)]
