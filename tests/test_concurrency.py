@@ -291,3 +291,35 @@ def _carries(exc: BaseException, kind: type[BaseException], text: str) -> bool:
     if isinstance(exc, kind) and str(exc) == text:
         return True
     return any(_carries(inner, kind, text) for inner in getattr(exc, "exceptions", ()))
+
+
+def _blocked_sync(release: threading.Event) -> PubSub:
+    def blocked(x: Any) -> Any:
+        release.wait(30)
+        return x
+
+    return PubSub(Topic.IN.subscribe() | blocked | Topic.OUT.publish())
+
+
+@pytest.mark.anyio
+async def test_step_timeout_stops_waiting_for_a_blocked_sync_step() -> None:
+    """step_timeout fails the run promptly even while a sync step is blocked in its thread."""
+    release = threading.Event()
+    try:
+        with anyio.fail_after(5):
+            with pytest.raises(TimeoutError):
+                await _blocked_sync(release).ainvoke(1, {"step_timeout": 0.05})
+    finally:
+        release.set()
+
+
+@pytest.mark.anyio
+async def test_run_timeout_stops_waiting_for_a_blocked_sync_step() -> None:
+    """A run timeout fires promptly even while a sync step is blocked in its thread."""
+    release = threading.Event()
+    try:
+        with anyio.fail_after(5):
+            with pytest.raises(RunTimeoutError):
+                await _blocked_sync(release).ainvoke(1, {"timeout": 0.05})
+    finally:
+        release.set()
