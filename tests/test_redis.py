@@ -368,15 +368,16 @@ async def test_max_stream_length_trims_the_log_but_not_unread_entries(
     async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, max_stream_length=10) as c:
         await c.register("s", READ_A)
         for i in range(0, 1000, 100):
-            await c.publish("s", [msg("a", n) for n in range(i, i + 100)] + [msg("noone", i)])
-        assert await raw.xlen(key(redis_prefix, "s", "log")) < 1010
-        assert await raw.xlen(key(redis_prefix, "s", "t:noone")) == 10
+            await c.publish("s", [msg("a", n) for n in range(i, i + 100)] + [msg("noone", i)] * 30)
+        assert await raw.xlen(key(redis_prefix, "s", "log")) <= 200  # approximate: whole nodes go
+        assert 10 <= await raw.xlen(key(redis_prefix, "s", "t:noone")) <= 200  # of 300, none read
+        assert await raw.xlen(key(redis_prefix, "s", "t:a")) == 1000  # unread by p: all kept
         got = await c.fetch("s", "p", owner="o")
         assert [d.messages[0].value for d in got] == list(range(1000))
         for d in got:
             await c.commit(d, [], owner="o")
         await c.publish("s", [msg("a", "last")])
-        assert await raw.xlen(key(redis_prefix, "s", "t:a")) < 1001
+        assert await raw.xlen(key(redis_prefix, "s", "t:a")) <= 200  # what p finished is trimmed
         await c.adelete("s")
 
 
