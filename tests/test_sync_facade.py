@@ -121,6 +121,28 @@ def test_eight_threads_share_one_pubsub_and_connection() -> None:
         assert {m.value[0] for m in log} == {i}
 
 
+def test_eight_threads_stream_at_once() -> None:
+    """Eight threads streaming one PubSub at once each get exactly their own run's messages."""
+    pubsub = _doubler()
+    start = threading.Barrier(8)
+    results: dict[int, list[tuple[str, Any, str]]] = {}
+
+    def worker(i: int) -> None:
+        start.wait(timeout=10)
+        config = {"state_id": f"stream-{i}"}
+        results[i] = [(m.topic, m.value, m.state_id) for m in pubsub.stream(i, config)]
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    for i in range(8):
+        sid = f"stream-{i}"
+        assert results[i] == [("__in__", i, sid), ("middle", 2 * i, sid), ("__out__", 2 * i, sid)]
+
+
 # -- inside a running event loop (a notebook cell) ---------------------------
 
 
