@@ -72,6 +72,7 @@ class Run:
         self.owner = f"{_OWNER_TAG}.{os.getpid()}.{next(_owner_numbers)}"
         self._active = 0
         self._held = 0
+        self._fetched = False
         self._quiet: anyio.Event | None = None
         self._failure: BaseException | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -85,16 +86,17 @@ class Run:
         await conn.register(sid, self.plan.subscriptions)
         timeout = self.settings.timeout
         deadline = None if timeout is None else anyio.move_on_after(timeout)
+        clean = False
         try:
             if deadline is None:
                 await self._run_group(topic, value)
             else:
                 with deadline:
                     await self._run_group(topic, value)
+            clean = self._failure is None and not (deadline and deadline.cancelled_caught)
         finally:
-            if self._held:  # deliveries fetched but not committed: hand them back
-                with anyio.CancelScope(shield=True):
-                    await conn.release(sid, self.owner)
+            if self._held or (self._fetched and not clean):
+                await self._release(keep_quiet=not clean)
         if self._failure is not None:
             raise self._failure
         if deadline is not None and deadline.cancelled_caught:
@@ -103,17 +105,31 @@ class Run:
                 "deliveries stay pending: invoke the same state id again to resume"
             )
 
+    async def _release(self, *, keep_quiet: bool) -> None:
+        """Hand back what this run may hold (also deliveries a cancelled fetch
+        may have taken). When the run already failed, a failing release must
+        not hide that error: the store's lease reclaims the work instead."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.conn.release(self.state_id, self.owner)
+            except Exception:
+                if not keep_quiet:
+                    raise
+
     async def _run_group(self, topic: str | None, value: Any) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             if self.conn.lease != math.inf:
                 tg.start_soon(self._renew_leases)
-            first: list[tuple[Step, Delivery]] = []
-            if topic is not None:
-                message = Message(topic, value, self.state_id, time.time())
-                stored = await self.conn.publish(self.state_id, [message])
-                first = await self._fetch_readers(stored)
-            await self._drive(first)
+            try:
+                first: list[tuple[Step, Delivery]] = []
+                if topic is not None:
+                    message = Message(topic, value, self.state_id, time.time())
+                    stored = await self.conn.publish(self.state_id, [message])
+                    first = await self._fetch_readers(stored)
+                await self._drive(first)
+            except Exception as exc:  # the store failed outside any step
+                self._fail(exc)
             tg.cancel_scope.cancel()
 
     async def _renew_leases(self) -> None:
@@ -149,6 +165,7 @@ class Run:
                 await conn.wait_for_change(sid, self.settings.poll_interval)
 
     async def _fetch(self, step: Step) -> list[Delivery]:
+        self._fetched = True
         deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner)
         self._held += len(deliveries)
         return deliveries

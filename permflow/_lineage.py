@@ -36,12 +36,12 @@ def check_repeat(process: str, message: Message, trail: tuple[TrailEntry, ...]) 
     entry = (process, fingerprint(message.value), message.topic)
     for i, (name, digest, _) in enumerate(trail):
         if name == process and digest == entry[1]:
-            topics = (*(t for _, _, t in trail[i:]), message.topic)
+            topics = tuple(t for _, _, t in trail[i:])
             raise CycleError(
                 f"process {process!r} received an equal value again along one lineage "
                 f"(state id {message.state_id!r}): the cycle runs through topics "
-                f"{' → '.join(topics)}. Make the loop change its value or stop it "
-                "with a condition.",
+                f"{' → '.join((*topics, topics[0]))}. Make the loop change its value or stop "
+                "it with a condition.",
                 topics=topics,
             )
     return entry

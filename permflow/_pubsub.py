@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import queue
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, final
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar, final
 
 import anyio
 
@@ -17,12 +17,14 @@ from ._plan import Plan
 from ._portal import portal
 from ._process import Process
 from ._runnable import Config, Runnable
-from ._stream import MessageStream
+from ._stream import MessageStream, SyncMessageStream
 from ._topic import IN_NAME, OUT_NAME, Topic
 from .connections._base import PubSubConnection
 from .connections.memory import InMemoryPubSubConnection
 
 __all__ = ["PubSub"]
+
+T = TypeVar("T")
 
 _SETTINGS = ("recursion_limit", "max_concurrency", "timeout", "step_timeout", "max_deliveries")
 _CONFIG_KEYS = frozenset(("state_id", *_SETTINGS))
@@ -86,6 +88,10 @@ class PubSub(Runnable):
     # -- async API: the real one --------------------------------------------
 
     def _prepare(self, config: Config, topic: Topic | str | None) -> tuple[str, bool, Settings, str]:
+        if config is not None and not isinstance(config, Mapping):
+            raise TypeError(
+                f"config must be a dict such as {{'state_id': ...}}, got {type(config).__name__} {config!r}"
+            )
         config = dict(config or {})
         nested = config.pop(RUN_KEY, None) is not None
         unknown = set(config) - _CONFIG_KEYS
@@ -116,7 +122,18 @@ class PubSub(Runnable):
                 out.append(message.value)
 
         run = Run(self._plan, self.connection, state_id, settings, collect)
-        await run.execute(None if input is None else name, input)
+        try:
+            await run.execute(None if input is None else name, input)
+        except Exception as exc:
+            if generated:  # nobody knows this id, so nobody could resume it
+                with anyio.CancelScope(shield=True):
+                    await self.connection.adelete(state_id)
+            elif hasattr(exc, "add_note"):
+                exc.add_note(
+                    f"permflow: state id {state_id!r} keeps the run's unfinished work; "
+                    "invoke it again (input None) to resume"
+                )
+            raise
         if generated:
             await self.connection.adelete(state_id)
         return out
@@ -202,8 +219,7 @@ class PubSub(Runnable):
         async def go() -> list[Any]:
             return await self.ainvoke(input, config, topic=topic)
 
-        with portal() as p:
-            return p.call(go)
+        return _call_interruptibly(go)
 
     def batch(
         self,
@@ -215,8 +231,7 @@ class PubSub(Runnable):
         async def go() -> list[Any]:
             return await self.abatch(inputs, config, max_concurrency=max_concurrency)
 
-        with portal() as p:
-            return p.call(go)
+        return _call_interruptibly(go)
 
     def peek(self, state_id: str) -> list[Message]:
         with portal() as p:
@@ -228,8 +243,13 @@ class PubSub(Runnable):
 
     def stream(
         self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
-    ) -> Iterator[Message]:
-        """Sync twin of ``astream``; ``break`` stops the run the same way."""
+    ) -> SyncMessageStream:
+        """Sync twin of ``astream``. Leaving early stops the run: right away with
+        ``with pubsub.stream(...) as messages:`` or ``.close()``, else once the
+        iterator is dropped."""
+        return SyncMessageStream(self._stream(input, config, topic))
+
+    def _stream(self, input: Any, config: Config, topic: Topic | str | None) -> Iterator[Message]:
         inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         scopes: list[anyio.CancelScope] = []
 
@@ -265,6 +285,18 @@ class PubSub(Runnable):
                         pass
 
 
+def _call_interruptibly(func: Callable[[], Awaitable[T]]) -> T:
+    """Run ``func`` on permflow's loop; Ctrl-C (KeyboardInterrupt) cancels it
+    there, so the run stops and its unfinished work stays pending."""
+    with portal() as p:
+        future = p.start_task_soon(func)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+
+
 def _settings(base: Settings, overrides: Mapping[str, Any]) -> Settings:
     values = {key: getattr(base, key) for key in _SETTINGS}
     values.update((k, v) for k, v in overrides.items() if k in _SETTINGS)
@@ -273,6 +305,12 @@ def _settings(base: Settings, overrides: Mapping[str, Any]) -> Settings:
         raise ValueError(f"recursion_limit must be a positive integer, got {limit!r}")
     if values["max_concurrency"] is not None and values["max_concurrency"] < 1:
         raise ValueError(f"max_concurrency must be at least 1, got {values['max_concurrency']!r}")
+    for key in ("timeout", "step_timeout"):
+        seconds = values[key]
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0
+        ):
+            raise ValueError(f"{key} must be a positive number of seconds or None, got {seconds!r}")
     if values["max_deliveries"] < 1:
         raise ValueError(f"max_deliveries must be at least 1, got {values['max_deliveries']!r}")
     return Settings(**values)

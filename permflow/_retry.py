@@ -44,8 +44,19 @@ class RunnableRetry(Runnable):
         initial_wait: float,
         max_wait: float,
     ) -> None:
-        if attempts < 1:
-            raise ValueError(f"stop_after_attempt must be at least 1, got {attempts}")
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"stop_after_attempt must be an integer of at least 1, got {attempts!r}")
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        if not isinstance(retry_on, tuple) or not all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in retry_on
+        ):
+            raise TypeError(
+                f"retry_if_exception_type must be an exception class or a tuple of them, got {retry_on!r}"
+            )
+        for label, wait in (("initial_wait", initial_wait), ("max_wait", max_wait)):
+            if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+                raise ValueError(f"{label} must be a number of seconds >= 0, got {wait!r}")
         self.inner = inner
         self.attempts = attempts
         self.jitter = jitter
@@ -88,8 +99,8 @@ class RunnableTimeout(Runnable):
     """Fails with ``TimeoutError`` when one call of ``inner`` takes too long."""
 
     def __init__(self, inner: Runnable, seconds: float) -> None:
-        if seconds <= 0:
-            raise ValueError(f"timeout must be positive, got {seconds}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {seconds!r}")
         self.inner = inner
         self.seconds = seconds
 
@@ -98,8 +109,11 @@ class RunnableTimeout(Runnable):
         return self.inner.name
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
-        with anyio.fail_after(self.seconds):
+        with anyio.move_on_after(self.seconds) as scope:
             return await self.inner.ainvoke(input, config)
+        if scope.cancelled_caught:
+            raise TimeoutError(f"step {self.name!r} took longer than {self.seconds}s")
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _publishes(self) -> Iterator[str | None]:
         return self.inner._publishes()

@@ -13,6 +13,7 @@ Only the async path is real: every sync method drives its async twin.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -148,13 +149,24 @@ class RunnableLambda(Runnable):
 
     @property
     def name(self) -> str:
-        return getattr(self.func, "__qualname__", None) or type(self.func).__name__
+        name = getattr(self.func, "__qualname__", None) or type(self.func).__name__
+        code = getattr(self.func, "__code__", None)
+        if name.endswith("<lambda>") and code is not None:
+            return f"{name}#{_code_digest(code)}"
+        return str(name)
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
         if self._runner is None:
             return await self.func(input)
         ctx = step_context(config)
-        return await self._runner.run(input, ctx.limiter if ctx else None)
+        result = await self._runner.run(input, ctx.limiter if ctx else None)
+        if inspect.iscoroutine(result):
+            result.close()
+            raise TypeError(
+                f"step {self.name!r} is a plain function that returned a coroutine; make it "
+                "`async def` and await inside it, so its result is published, not the coroutine"
+            )
+        return result
 
     def __repr__(self) -> str:
         return f"RunnableLambda({self.name})"
@@ -251,6 +263,26 @@ class _RunnableAdapter(Runnable):
             return await self.obj.ainvoke(input)
         ctx = step_context(config)
         return await self._sync.run(input, ctx.limiter if ctx else None)
+
+
+def _code_digest(code: Any) -> str:
+    """A short, stable identity for an anonymous function: its constants and
+    the names it uses (not its bytecode, which changes between Python versions).
+    Lambdas that differ only in an operator share it and are told apart by
+    position, like identical chains."""
+    parts: list[str] = []
+
+    def walk(co: Any) -> None:
+        parts.append(repr(co.co_names))
+        parts.append(repr(co.co_varnames))
+        for const in co.co_consts:
+            if hasattr(const, "co_consts"):
+                walk(const)
+            else:
+                parts.append(repr(const))
+
+    walk(code)
+    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=4).hexdigest()
 
 
 def _is_async_callable(func: Any) -> bool:

@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import math
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import final
 
@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from ._message import Message
 
-__all__ = ["MessageStream"]
+__all__ = ["MessageStream", "SyncMessageStream"]
 
 _helpers: set[asyncio.Task[None]] = set()
 
@@ -138,3 +138,35 @@ class MessageStream:
                 helper.scope.cancel()
             else:
                 helper.wake(helper.scope.cancel)
+
+
+@final
+class SyncMessageStream:
+    """What ``PubSub.stream`` returns: an iterator that is also a context
+    manager. ``close()`` (or leaving ``with``) stops the run right away."""
+
+    def __init__(self, messages: Iterator[Message]) -> None:
+        self._messages = messages
+
+    def __iter__(self) -> SyncMessageStream:
+        return self
+
+    def __next__(self) -> Message:
+        return next(self._messages)
+
+    def close(self) -> None:
+        """Stop the run (if still going) and wait until it has stopped."""
+        close = getattr(self._messages, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> SyncMessageStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -60,10 +60,16 @@ class Topic:
         return PublishEach(self)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Topic) and other.name == self.name
+        """Equal to a Topic of the same name, and to the name itself, so that
+        ``message.topic == ask`` works (``Message.topic`` is the name)."""
+        if isinstance(other, Topic):
+            return other.name == self.name
+        if isinstance(other, str):
+            return other == self.name
+        return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(("permflow.Topic", self.name))
+        return hash(self.name)
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r})"

@@ -460,15 +460,16 @@ def test_derived_name_describes_the_chain() -> None:
 
 
 def test_different_chains_never_share_a_name() -> None:
-    """Two chains deriving the same name get distinct names and both run."""
-    one = Topic.IN.subscribe() | (lambda x: x + 1) | Topic.OUT.publish()
+    """Two chains deriving the same name (lambdas differing only in an operator) get distinct
+    names and both run."""
+    one = Topic.IN.subscribe() | (lambda x: x + 10) | Topic.OUT.publish()
     two = Topic.IN.subscribe() | (lambda x: x * 10) | Topic.OUT.publish()
     assert one.name == two.name
     pubsub = PubSub(one, two)
     names = pubsub.process_names
     assert len(set(names)) == 2
     assert names[0] == one.name
-    assert sorted(pubsub.invoke(3)) == [4, 30]
+    assert sorted(pubsub.invoke(3)) == [13, 30]
 
 
 def test_derived_name_yields_to_an_explicit_one() -> None:

@@ -102,10 +102,12 @@ def test_topics_with_equal_names_are_equal() -> None:
     assert {a1: 1}[a2] == 1
 
 
-def test_topic_is_not_equal_to_its_name() -> None:
-    """A topic does not compare equal to the bare string of its name."""
-    assert Topic("a") != "a"
-    assert "a" != Topic("a")
+def test_topic_equals_its_name() -> None:
+    """A topic compares equal to its name, so ``message.topic == ask`` works; not to other names."""
+    assert Topic("a") == "a"
+    assert "a" == Topic("a")
+    assert Topic("a") != "b"
+    assert {Topic("a"): 1}["a"] == 1
 
 
 def test_topic_repr_names_it() -> None:
