@@ -94,7 +94,7 @@ def rows(data: dict[str, Any], workloads: list[Workload]) -> list[Row]:
                     _spread(wl, cell["rounds"]),
                     ratio_text,
                     vs,
-                    _target(system, wl, ratio, spu),
+                    "" if data["meta"]["quick"] else _target(system, wl, ratio, spu),
                     cell.get("note", ""),
                 )
             )

@@ -124,10 +124,20 @@ class Worker:
             return self.memory(pipeline, req["count"])
         if req["mode"] == "many":
             elapsed = self.timed_many(pipeline, self.inputs(reps))
-            return {"seconds_per_unit": elapsed / reps, "reps": reps, "note": _note(pipeline)}
+            return {
+                "seconds_per_unit": elapsed / reps,
+                "reps": reps,
+                "elapsed": elapsed,
+                "note": _note(pipeline),
+            }
         elapsed = self.timed(pipeline, self.inputs(reps))
         units = reps * req["units_per_run"]
-        return {"seconds_per_unit": elapsed / units, "reps": reps, "note": _note(pipeline)}
+        return {
+            "seconds_per_unit": elapsed / units,
+            "reps": reps,
+            "elapsed": elapsed,
+            "note": _note(pipeline),
+        }
 
     def memory(self, pipeline: Pipeline, count: int) -> dict[str, Any]:
         gc.collect()

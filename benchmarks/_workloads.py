@@ -38,6 +38,7 @@ def workloads(quick: bool) -> list[Workload]:
     runs = 100 if quick else 1000
     lengths = (10, 50) if quick else (10, 50, 100, 200)
     mem = 2_000 if quick else 100_000
+    batch = 100 if quick else 1000
     wl = [
         Workload(
             "w1_async",
@@ -136,15 +137,15 @@ def workloads(quick: bool) -> list[Workload]:
         ),
         Workload(
             "redis_batch",
-            "Redis batched hops, 1,000-message batches",
+            f"Redis batched hops, {batch:,}-message batches",
             "batch_hops",
-            (1000, 10),
+            (batch, 5),
             "each",
-            units_per_run=10_000,
+            units_per_run=batch * 5,
             unit="hops/s",
             family="redis",
             only=("redis-floor",),
-            what="10 hops of 1,000 messages each: XREADGROUP COUNT 1000, XACK+XADD pipeline",
+            what=f"5 hops of {batch:,} messages each: XREADGROUP COUNT {batch}, XACK+XADD pipeline",
         ),
         Workload(
             "redis_w1",
@@ -180,7 +181,19 @@ def workloads(quick: bool) -> list[Workload]:
             unit="runs/s",
             family="redis",
             only=("permflow-redis",),
-            what="W3 abatch with Redis",
+            what="W3 abatch with Redis, default settings",
+        ),
+        Workload(
+            "redis_w3_batch64",
+            f"W3 on Redis: {runs} runs, abatch(max_concurrency=64)",
+            "chain",
+            (3, "async", 64),
+            "many",
+            count=runs,
+            unit="runs/s",
+            family="redis",
+            only=("permflow-redis",),
+            what="W3 abatch with Redis, at most 64 runs at once",
         ),
     ]
     wl.append(
@@ -220,4 +233,5 @@ TARGETS: dict[tuple[str, str], tuple[str, float]] = {
     ("permflow", "w3_seq"): ("rate", 10_000.0),
     ("permflow-redis", "redis_w1"): ("ratio", 2.0),
     ("permflow-redis", "redis_w3_batch"): ("rate", 1_000.0),
+    ("permflow-redis", "redis_w3_batch64"): ("rate", 1_000.0),
 }
