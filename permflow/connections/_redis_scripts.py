@@ -169,7 +169,6 @@ COMMIT = (
 local process, topic, owner = ARGV[5], ARGV[6], ARGV[7]
 local n = tonumber(ARGV[10])
 local stream = tkey(topic)
-if redis.call('EXISTS', stream) == 0 then return false end
 local held = redis.pcall('XPENDING', stream, process, ARGV[8], ARGV[9], ALL, owner)
 if held.err then return false end
 local mine = {}
@@ -189,8 +188,8 @@ return stored
 )
 
 # ARGV[5..]: process, owner, lease_ms, limit (0 = none), released consumer.
-# Returns {mode, topic, {{id, attempt, fields}, ...}}; mode '-' = unknown
-# state, '?' = unknown process, 's' or 'j'.
+# Returns {mode, topic, packed entries} (see the end of the script); mode '-' =
+# unknown state, '?' = unknown process, 's' or 'j'.
 FETCH = (
     _PRELUDE
     + """
@@ -234,6 +233,7 @@ if any and room ~= 0 then
   end
 end
 local exhausted = false
+local fresh = 0
 local left = room
 if room > 0 then left = room - #out end
 if left ~= 0 then
@@ -247,14 +247,26 @@ if left ~= 0 then
   if r then
     for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], 1, e[2]}; got = got + 1 end
   end
+  fresh = got
   exhausted = left < 0 or got < left
 end
 if exhausted then
   -- Nothing unread is left: outstanding is exactly what is pending (self-healing count).
-  redis.call('HSET', COUNT, process, redis.call('XPENDING', stream, process)[1])
+  -- Claims only move entries between consumers, so pending grew by what was read.
+  redis.call('HSET', COUNT, process, tonumber(summary[1]) + fresh)
 end
-if #out > 0 then touch() end
-return {mode, topic, out}
+if #out == 0 then return {mode, topic, ''} end
+touch()
+-- One length-prefixed string ('<len>:<bytes>' pieces: id, attempt, field count,
+-- fields...) per fetch: far cheaper for the client to parse than nested arrays.
+local parts = {}
+local function put(s) parts[#parts + 1] = #s .. ':' .. s end
+for _, e in ipairs(out) do
+  local fields = e[3] or {}
+  put(e[1]); put(tostring(e[2])); put(tostring(#fields))
+  for _, f in ipairs(fields) do put(f) end
+end
+return {mode, topic, table.concat(parts)}
 """
 )
 

@@ -293,7 +293,7 @@ class RedisPubSubConnection(PubSubConnection):
         # mid-flight must still learn of them, or they would wait out the lease.
         with self._failures(doing), anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + _SHIELD_SECONDS
-            mode, topic_raw, entries = await bound.run("FETCH", keys, args)
+            mode, topic_raw, packed = await bound.run("FETCH", keys, args)
         if scope.cancelled_caught:
             raise ConnectionFailedError(
                 f"Redis at {self._where} did not answer within {_SHIELD_SECONDS}s while {doing}"
@@ -301,8 +301,9 @@ class RedisPubSubConnection(PubSubConnection):
         mode = _text(mode)
         if mode == "?":
             raise KeyError(f"process {process!r} is not registered in state id {state_id!r}")
-        if not entries:
+        if not packed:
             return []
+        entries = _unpack_entries(packed)
         topic = _text(topic_raw)
         stream = f"{args[0]}:t:{topic}"
         messages: list[Message] = []
@@ -477,6 +478,25 @@ class RedisPubSubConnection(PubSubConnection):
 
 def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _unpack_entries(packed: bytes) -> list[tuple[bytes, bytes, list[bytes]]]:
+    """Split FETCH's packed reply (``<len>:<bytes>`` pieces: id, attempt, field
+    count, fields...) into (id, attempt, fields) entries."""
+    pieces: list[bytes] = []
+    i, end = 0, len(packed)
+    while i < end:
+        colon = packed.index(b":", i)
+        stop = colon + 1 + int(packed[i:colon])
+        pieces.append(packed[colon + 1 : stop])
+        i = stop
+    entries = []
+    k = 0
+    while k < len(pieces):
+        n = int(pieces[k + 2])
+        entries.append((pieces[k], pieces[k + 1], pieces[k + 3 : k + 3 + n]))
+        k += 3 + n
+    return entries
 
 
 def _flat(fields: Any) -> list[Any]:
