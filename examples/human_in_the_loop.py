@@ -49,14 +49,15 @@ def human(question: str) -> str:
 
 state_id = f"refund-{uuid.uuid4().hex[:8]}"
 
-# 1. Run until the question appears, then leave the stream: the run stops,
-#    and the unfinished audit job stays pending.
+# 1. Run until the question appears, then leave the stream: the run stops
+#    right at the break, and the unfinished audit job stays pending.
 question = None
-for message in pubsub.stream("order #1042", config={"state_id": state_id}):
-    print(f"  {message.topic}: {message.value!r}")
-    if message.topic == ask.name:
-        question = message.value["question"]
-        break
+with pubsub.stream("order #1042", config={"state_id": state_id}) as messages:
+    for message in messages:
+        print(f"  {message.topic}: {message.value!r}")
+        if message.topic == ask:
+            question = message.value["question"]
+            break
 assert question == "Send the refund for order #1042?"
 
 # 2. Ask the human, for as long as it takes (the run's state is stored).
@@ -77,8 +78,8 @@ topics = [m.topic for m in log]
 print("log:", topics)
 assert sorted(topics) == sorted(["__in__", "ask", "answer", "audit", "__out__"]), topics
 assert topics[:2] == ["__in__", "ask"]
-assert [m.value for m in log if m.topic == "audit"] == ["audited order #1042"]
-assert [m.value for m in log if m.topic == "__out__"] == [decide(reply)]
+assert [m.value for m in log if m.topic == audit] == ["audited order #1042"]
+assert [m.value for m in log if m.topic == Topic.OUT] == [decide(reply)]
 
 pubsub.delete(state_id)
 assert pubsub.peek(state_id) == []
