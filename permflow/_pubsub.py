@@ -124,11 +124,11 @@ class PubSub(Runnable):
         run = Run(self._plan, self.connection, state_id, settings, collect)
         try:
             await run.execute(None if input is None else name, input)
-        except Exception as exc:
+        except BaseException as exc:  # failed or cancelled
             if generated:  # nobody knows this id, so nobody could resume it
                 with anyio.CancelScope(shield=True):
                     await self.connection.adelete(state_id)
-            elif hasattr(exc, "add_note"):
+            elif isinstance(exc, Exception) and hasattr(exc, "add_note"):
                 exc.add_note(
                     f"permflow: state id {state_id!r} keeps the run's unfinished work; "
                     "invoke it again (input None) to resume"
