@@ -22,7 +22,18 @@ consumer is the owner string. Released deliveries move to the consumer
 
 from __future__ import annotations
 
-__all__ = ["COMMIT", "DELETE", "FETCH", "PUBLISH", "REGISTER", "RELEASE", "RELEASED", "RENEW", "SKIP"]
+__all__ = [
+    "COMMIT",
+    "DELETE",
+    "FETCH",
+    "PUBLISH",
+    "REGISTER",
+    "RELEASE",
+    "RELEASED",
+    "RENEW",
+    "SKIP",
+    "UNFETCH",
+]
 
 RELEASED = "permflow:released"
 
@@ -124,6 +135,87 @@ local function store(i)
 end
 """
 
+_FETCH = """
+-- Hand owner what process has not finished: released or lease-expired entries
+-- first, then new ones. Returns {mode, topic, packed entries}; mode '-' =
+-- unknown state, '?' = unknown process, 's' or 'j'.
+local function fetch(process, owner, lease, limit, released)
+  local spec = redis.call('HGET', REG, process)
+  if not spec then
+    if redis.call('EXISTS', REG) == 0 then return {'-', '', ''} end
+    return {'?', '', ''}
+  end
+  local mode, topic = string.sub(spec, 1, 1), string.sub(spec, 2)
+  local stream = tkey(topic)
+  local room = -1
+  if limit > 0 and mode == 's' then room = limit end
+  local out = {}
+  local summary = redis.call('XPENDING', stream, process)
+  local others = {}
+  local any = false
+  if summary[4] then
+    for _, h in ipairs(summary[4]) do
+      if h[1] ~= owner then others[h[1]] = tonumber(h[2]); any = true end
+    end
+  end
+  if any and room ~= 0 then
+    local ids, attempts, taken = {}, {}, {}
+    for _, p in ipairs(redis.call('XPENDING', stream, process, '-', '+', summary[1])) do
+      if room > 0 and #ids >= room then break end
+      local who = p[2]
+      if who == released or (who ~= owner and p[3] >= lease) then
+        ids[#ids + 1] = p[1]
+        attempts[p[1]] = p[4] + 1
+        taken[who] = (taken[who] or 0) + 1
+      end
+    end
+    chunks(ids, 500, function(part)
+      for _, e in ipairs(claim(stream, process, owner, part, {})) do
+        if e then out[#out + 1] = {e[1], attempts[e[1]], e[2]} end
+      end
+    end)
+    for who, n in pairs(taken) do
+      if others[who] == n then redis.call('XGROUP', 'DELCONSUMER', stream, process, who) end
+    end
+  end
+  local exhausted = false
+  local fresh = 0
+  local left = room
+  if room > 0 then left = room - #out end
+  if left ~= 0 then
+    local r
+    if left > 0 then
+      r = redis.call('XREADGROUP', 'GROUP', process, owner, 'COUNT', left, 'STREAMS', stream, '>')
+    else
+      r = redis.call('XREADGROUP', 'GROUP', process, owner, 'STREAMS', stream, '>')
+    end
+    local got = 0
+    if r then
+      for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], 1, e[2]}; got = got + 1 end
+    end
+    fresh = got
+    exhausted = left < 0 or got < left
+  end
+  if exhausted then
+    -- Nothing unread is left: outstanding is exactly what is pending (self-healing count).
+    -- Claims only move entries between consumers, so pending grew by what was read.
+    redis.call('HSET', COUNT, process, tonumber(summary[1]) + fresh)
+  end
+  if #out == 0 then return {mode, topic, ''} end
+  touch()
+  -- One length-prefixed string ('<len>:<bytes>' pieces: id, attempt, field count,
+  -- fields...) per fetch: far cheaper for the client to parse than nested arrays.
+  local parts = {}
+  local function put(s) parts[#parts + 1] = #s .. ':' .. s end
+  for _, e in ipairs(out) do
+    local fields = e[3] or {}
+    put(e[1]); put(tostring(e[2])); put(tostring(#fields))
+    for _, f in ipairs(fields) do put(f) end
+  end
+  return {mode, topic, table.concat(parts)}
+end
+"""
+
 # ARGV[5..]: pairs (process, 's'|'j' .. topic). Returns {} or {process, known spec}.
 REGISTER = (
     _PRELUDE
@@ -160,11 +252,15 @@ return ids
 """
 )
 
-# ARGV[5..]: process, topic, owner, first id, last id, n, ids..., then messages.
-# Returns the log ids of the stored messages, or false if owner lost the delivery.
+# ARGV[5..]: process, topic, owner, first id, last id, n, ids..., then messages,
+# then lease_ms, released consumer, k, k reader processes. Returns false if owner
+# lost the delivery, else {log ids of the stored messages, then per reader its
+# fetch reply (mode, topic, packed)}: the readers of what was just stored are
+# fetched for owner in the same round trip, as its next fetch would.
 COMMIT = (
     _PRELUDE
     + _STORE
+    + _FETCH
     + """
 local process, topic, owner = ARGV[5], ARGV[6], ARGV[7]
 local n = tonumber(ARGV[10])
@@ -183,90 +279,22 @@ uncount(process, n)
 local stored = store(11 + n)
 changed()
 touch()
-return stored
+local j = 12 + n + 5 * tonumber(ARGV[11 + n])
+local lease, released = tonumber(ARGV[j]), ARGV[j + 1]
+local reply = {stored}
+for r = j + 3, j + 2 + tonumber(ARGV[j + 2]) do
+  for _, x in ipairs(fetch(ARGV[r], owner, lease, 0, released)) do reply[#reply + 1] = x end
+end
+return reply
 """
 )
 
 # ARGV[5..]: process, owner, lease_ms, limit (0 = none), released consumer.
-# Returns {mode, topic, packed entries} (see the end of the script); mode '-' =
-# unknown state, '?' = unknown process, 's' or 'j'.
 FETCH = (
     _PRELUDE
+    + _FETCH
     + """
-local process, owner, lease, limit, released = ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
-local spec = redis.call('HGET', REG, process)
-if not spec then
-  if redis.call('EXISTS', REG) == 0 then return {'-', '', {}} end
-  return {'?', '', {}}
-end
-local mode, topic = string.sub(spec, 1, 1), string.sub(spec, 2)
-local stream = tkey(topic)
-local room = -1
-if limit > 0 and mode == 's' then room = limit end
-local out = {}
-local summary = redis.call('XPENDING', stream, process)
-local others = {}
-local any = false
-if summary[4] then
-  for _, h in ipairs(summary[4]) do
-    if h[1] ~= owner then others[h[1]] = tonumber(h[2]); any = true end
-  end
-end
-if any and room ~= 0 then
-  local ids, attempts, taken = {}, {}, {}
-  for _, p in ipairs(redis.call('XPENDING', stream, process, '-', '+', summary[1])) do
-    if room > 0 and #ids >= room then break end
-    local who = p[2]
-    if who == released or (who ~= owner and p[3] >= lease) then
-      ids[#ids + 1] = p[1]
-      attempts[p[1]] = p[4] + 1
-      taken[who] = (taken[who] or 0) + 1
-    end
-  end
-  chunks(ids, 500, function(part)
-    for _, e in ipairs(claim(stream, process, owner, part, {})) do
-      if e then out[#out + 1] = {e[1], attempts[e[1]], e[2]} end
-    end
-  end)
-  for who, n in pairs(taken) do
-    if others[who] == n then redis.call('XGROUP', 'DELCONSUMER', stream, process, who) end
-  end
-end
-local exhausted = false
-local fresh = 0
-local left = room
-if room > 0 then left = room - #out end
-if left ~= 0 then
-  local r
-  if left > 0 then
-    r = redis.call('XREADGROUP', 'GROUP', process, owner, 'COUNT', left, 'STREAMS', stream, '>')
-  else
-    r = redis.call('XREADGROUP', 'GROUP', process, owner, 'STREAMS', stream, '>')
-  end
-  local got = 0
-  if r then
-    for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], 1, e[2]}; got = got + 1 end
-  end
-  fresh = got
-  exhausted = left < 0 or got < left
-end
-if exhausted then
-  -- Nothing unread is left: outstanding is exactly what is pending (self-healing count).
-  -- Claims only move entries between consumers, so pending grew by what was read.
-  redis.call('HSET', COUNT, process, tonumber(summary[1]) + fresh)
-end
-if #out == 0 then return {mode, topic, ''} end
-touch()
--- One length-prefixed string ('<len>:<bytes>' pieces: id, attempt, field count,
--- fields...) per fetch: far cheaper for the client to parse than nested arrays.
-local parts = {}
-local function put(s) parts[#parts + 1] = #s .. ':' .. s end
-for _, e in ipairs(out) do
-  local fields = e[3] or {}
-  put(e[1]); put(tostring(e[2])); put(tostring(#fields))
-  for _, f in ipairs(fields) do put(f) end
-end
-return {mode, topic, table.concat(parts)}
+return fetch(ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9])
 """
 )
 
@@ -326,6 +354,26 @@ for k = 9 + n, #ARGV, 2 do
 end
 changed()
 return acked
+"""
+)
+
+# ARGV[5..]: process, topic, owner, released consumer, then pairs (id, delivery
+# count before it was fetched). Hands fetched-ahead deliveries nobody asked for
+# back as if never fetched, if owner still holds them.
+UNFETCH = (
+    _PRELUDE
+    + """
+local process, stream, owner, released = ARGV[5], tkey(ARGV[6]), ARGV[7], ARGV[8]
+local moved = 0
+for k = 9, #ARGV, 2 do
+  local held = redis.pcall('XPENDING', stream, process, ARGV[k], ARGV[k], 1, owner)
+  if not held.err and #held == 1 then
+    claim(stream, process, released, {ARGV[k]}, {'IDLE', 0, 'RETRYCOUNT', ARGV[k + 1], 'JUSTID'})
+    moved = moved + 1
+  end
+end
+if moved > 0 then changed() end
+return moved
 """
 )
 

@@ -32,6 +32,7 @@ __all__ = ["CorruptEntryError", "RedisPubSubConnection"]
 
 _FOREVER_MS = 2**62
 _SHIELD_SECONDS = 30.0
+_MAX_LEARNED = 4096
 # (connection id, state key, last change id seen) - read by wait_for_change.
 _seen: ContextVar[tuple[int, str, bytes] | None] = ContextVar("permflow_redis_seen", default=None)
 
@@ -44,8 +45,22 @@ class _Bound:
         self.loop = loop
         self.scripts = {
             name: client.register_script(getattr(lua, name))
-            for name in ("REGISTER", "PUBLISH", "COMMIT", "FETCH", "RENEW", "RELEASE", "SKIP", "DELETE")
+            for name in (
+                "REGISTER",
+                "PUBLISH",
+                "COMMIT",
+                "FETCH",
+                "RENEW",
+                "RELEASE",
+                "SKIP",
+                "UNFETCH",
+                "DELETE",
+            )
         }
+        # (state id, process, owner) -> FETCH reply a commit fetched ahead. The engine
+        # asks for it right after the commit returns, before this loop runs anything
+        # else; whatever is still here at any other call was not wanted.
+        self.ahead: dict[tuple[str, str, str], tuple[Any, Any, bytes]] = {}
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self.scripts[name](keys=keys, args=args)
@@ -147,6 +162,10 @@ class RedisPubSubConnection(PubSubConnection):
         ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
         self._head = [ttl_ms, self.serializer.name, max_stream_length or 0]
         self._bound: dict[asyncio.AbstractEventLoop, _Bound] = {}
+        # state id -> topic -> the subscribe processes registered for it here, which
+        # is whom a driver fetches for after committing to that topic. None when
+        # the state id was registered with different process sets (no fetch-ahead).
+        self._readers: dict[str, dict[str, tuple[str, ...]] | None] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -261,7 +280,8 @@ class RedisPubSubConnection(PubSubConnection):
         keys, args = self._keys(state_id)
         for sub in subscriptions:
             args += (sub.process, ("j" if sub.join else "s") + sub.topic)
-        bound = self._client()
+        bound = await self._ready()
+        self._learn_readers(state_id, subscriptions)
         with self._failures(f"registering processes of state id {state_id!r}"):
             conflict = await bound.run("REGISTER", keys, args)
         if conflict:
@@ -272,12 +292,43 @@ class RedisPubSubConnection(PubSubConnection):
                 "topic or mode. Give the new chain another name."
             )
 
+    def _learn_readers(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
+        readers: dict[str, tuple[str, ...]] = {}
+        for sub in subscriptions:
+            if not sub.join:
+                readers[sub.topic] = (*readers.get(sub.topic, ()), sub.process)
+        known = self._readers.get(state_id, readers)
+        if len(self._readers) >= _MAX_LEARNED and state_id not in self._readers:
+            del self._readers[next(iter(self._readers))]
+        self._readers[state_id] = readers if known == readers else None
+
+    async def _ready(self) -> _Bound:
+        """This loop's client, after handing back deliveries fetched ahead that
+        their owner did not ask for."""
+        bound = self._client()
+        if bound.ahead:
+            ahead, bound.ahead = bound.ahead, {}
+            for (state_id, process, owner), (_, topic_raw, packed) in ahead.items():
+                if packed:
+                    await self._unfetch(bound, state_id, process, owner, _text(topic_raw), packed)
+        return bound
+
+    async def _unfetch(
+        self, bound: _Bound, state_id: str, process: str, owner: str, topic: str, packed: bytes
+    ) -> None:
+        keys, args = self._keys(state_id)
+        args += (process, topic, owner, lua.RELEASED)
+        for entry_id, attempt, _ in _unpack_entries(packed):
+            args += (entry_id, int(attempt) - 1)
+        with self._failures(f"handing back deliveries of process {process!r} of state id {state_id!r}"):
+            await bound.run("UNFETCH", keys, args)
+
     async def publish(self, state_id: str, messages: Sequence[Message]) -> list[Message]:
         encoded = self._encode(messages)
         if not messages:
             return []
         keys, args = self._keys(state_id)
-        bound = self._client()
+        bound = await self._ready()
         with self._failures(f"publishing to state id {state_id!r}"):
             ids = await bound.run("PUBLISH", keys, [*args, *encoded])
         return self._stored(state_id, messages, ids)
@@ -287,17 +338,22 @@ class RedisPubSubConnection(PubSubConnection):
     ) -> list[Delivery]:
         keys, args = self._keys(state_id)
         bound = self._client()
-        args += (process, owner, self._lease_ms, limit or 0, lua.RELEASED)
-        doing = f"fetching for process {process!r} of state id {state_id!r}"
-        # Shielded: once sent, the script hands deliveries to owner; a caller cancelled
-        # mid-flight must still learn of them, or they would wait out the lease.
-        with self._failures(doing), anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + _SHIELD_SECONDS
-            mode, topic_raw, packed = await bound.run("FETCH", keys, args)
-        if scope.cancelled_caught:
-            raise ConnectionFailedError(
-                f"Redis at {self._where} did not answer within {_SHIELD_SECONDS}s while {doing}"
-            )
+        ahead = bound.ahead.pop((state_id, process, owner), None) if limit is None else None
+        if ahead is not None:
+            mode, topic_raw, packed = ahead
+        else:
+            bound = await self._ready()
+            args += (process, owner, self._lease_ms, limit or 0, lua.RELEASED)
+            doing = f"fetching for process {process!r} of state id {state_id!r}"
+            # Shielded: once sent, the script hands deliveries to owner; a caller cancelled
+            # mid-flight must still learn of them, or they would wait out the lease.
+            with self._failures(doing), anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + _SHIELD_SECONDS
+                mode, topic_raw, packed = await bound.run("FETCH", keys, args)
+            if scope.cancelled_caught:
+                raise ConnectionFailedError(
+                    f"Redis at {self._where} did not answer within {_SHIELD_SECONDS}s while {doing}"
+                )
         mode = _text(mode)
         if mode == "?":
             raise KeyError(f"process {process!r} is not registered in state id {state_id!r}")
@@ -360,28 +416,36 @@ class RedisPubSubConnection(PubSubConnection):
         order = sorted(ids, key=_id_key)
         keys, args = self._keys(state_id)
         args += (delivery.process, topic, owner, order[0], order[-1], len(ids), *ids, *encoded)
-        bound = self._client()
+        readers = self._readers.get(state_id)
+        follow: tuple[str, ...] = ()
+        if readers and messages:
+            topics = dict.fromkeys(m.topic for m in messages)
+            follow = tuple(dict.fromkeys(p for t in topics for p in readers.get(t, ())))
+        args += (self._lease_ms, lua.RELEASED, len(follow), *follow)
+        bound = await self._ready()
         with self._failures(f"committing for process {delivery.process!r} of state id {state_id!r}"):
-            stored = await bound.run("COMMIT", keys, args)
-        if stored is None:
+            reply = await bound.run("COMMIT", keys, args)
+        if reply is None:
             return None
-        return self._stored(state_id, messages, stored)
+        for k, process in enumerate(follow):
+            bound.ahead[(state_id, process, owner)] = (reply[1 + 3 * k], reply[2 + 3 * k], reply[3 + 3 * k])
+        return self._stored(state_id, messages, reply[0])
 
     async def release(self, state_id: str, owner: str) -> None:
         keys, args = self._keys(state_id)
-        bound = self._client()
+        bound = await self._ready()
         with self._failures(f"releasing deliveries of state id {state_id!r}"):
             await bound.run("RELEASE", keys, [*args, owner, lua.RELEASED])
 
     async def renew(self, state_id: str, owner: str) -> None:
         keys, args = self._keys(state_id)
-        bound = self._client()
+        bound = await self._ready()
         with self._failures(f"renewing leases of state id {state_id!r}"):
             await bound.run("RENEW", keys, [*args, owner])
 
     async def outstanding(self, state_id: str, processes: Sequence[str]) -> dict[str, int]:
         keys, args = self._keys(state_id)
-        bound = self._client()
+        bound = await self._ready()
         names = list(dict.fromkeys(processes))
         with self._failures(f"counting outstanding messages of state id {state_id!r}"):
             async with bound.client.pipeline(transaction=True) as pipe:
@@ -398,7 +462,7 @@ class RedisPubSubConnection(PubSubConnection):
 
     async def apeek(self, state_id: str) -> list[Message]:
         keys, _ = self._keys(state_id)
-        bound = self._client()
+        bound = await self._ready()
         messages: list[Message] = []
         start = "-"
         while True:
@@ -416,7 +480,7 @@ class RedisPubSubConnection(PubSubConnection):
         seen = _seen.get()
         since = seen[2] if seen is not None and seen[:2] == (id(self), args[0]) else b"$"
         block = 0 if math.isinf(max_seconds) else max(1, int(max_seconds * 1000))
-        bound = self._client()
+        bound = await self._ready()
         with self._failures(f"waiting for changes of state id {state_id!r}"):
             reply = await bound.client.xread({keys[4]: since}, count=1, block=block)
         if reply:
@@ -424,7 +488,8 @@ class RedisPubSubConnection(PubSubConnection):
 
     async def adelete(self, state_id: str) -> None:
         keys, args = self._keys(state_id)
-        bound = self._client()
+        bound = await self._ready()
+        self._readers.pop(state_id, None)
         with self._failures(f"deleting state id {state_id!r}"):
             await bound.run("DELETE", keys, args)
 
