@@ -24,6 +24,7 @@ from .._message import Delivery, Message
 from .._serialization import CorruptEntryError, Serializer, resolve_serializer
 from . import _redis_scripts as lua
 from ._base import PubSubConnection, Subscription
+from ._redis_client import Bound
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -35,35 +36,6 @@ _SHIELD_SECONDS = 30.0
 _MAX_LEARNED = 4096
 # (connection id, state key, last change id seen) - read by wait_for_change.
 _seen: ContextVar[tuple[int, str, bytes] | None] = ContextVar("permflow_redis_seen", default=None)
-
-
-class _Bound:
-    """One redis client and its scripts, bound to one event loop."""
-
-    def __init__(self, client: Redis, loop: asyncio.AbstractEventLoop) -> None:
-        self.client: Any = client  # replies are parsed by hand below
-        self.loop = loop
-        self.scripts = {
-            name: client.register_script(getattr(lua, name))
-            for name in (
-                "REGISTER",
-                "PUBLISH",
-                "COMMIT",
-                "FETCH",
-                "RENEW",
-                "RELEASE",
-                "SKIP",
-                "UNFETCH",
-                "DELETE",
-            )
-        }
-        # (state id, process, owner) -> FETCH reply a commit fetched ahead. The engine
-        # asks for it right after the commit returns, before this loop runs anything
-        # else; whatever is still here at any other call was not wanted.
-        self.ahead: dict[tuple[str, str, str], tuple[Any, Any, bytes]] = {}
-
-    async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return await self.scripts[name](keys=keys, args=args)
 
 
 @final
@@ -161,7 +133,7 @@ class RedisPubSubConnection(PubSubConnection):
         self._lease_ms = _FOREVER_MS if math.isinf(lease) else max(1, int(lease * 1000))
         ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
         self._head = [ttl_ms, self.serializer.name, max_stream_length or 0]
-        self._bound: dict[asyncio.AbstractEventLoop, _Bound] = {}
+        self._bound: dict[asyncio.AbstractEventLoop, Bound] = {}
         # state id -> topic -> the subscribe processes registered for it here, which
         # is whom a driver fetches for after committing to that topic. None when
         # the state id was registered with different process sets (no fetch-ahead).
@@ -174,7 +146,7 @@ class RedisPubSubConnection(PubSubConnection):
 
     # -- plumbing ------------------------------------------------------------
 
-    def _client(self) -> _Bound:
+    def _client(self) -> Bound:
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; make a new connection")
         try:
@@ -206,7 +178,7 @@ class RedisPubSubConnection(PubSubConnection):
                 options = {"max_connections": 100, "timeout": None, **self._options}
                 pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
                 client = redis.asyncio.Redis.from_pool(pool)
-            bound = self._bound[loop] = _Bound(client, loop)
+            bound = self._bound[loop] = Bound(client, loop)
         return bound
 
     @contextmanager
@@ -302,7 +274,7 @@ class RedisPubSubConnection(PubSubConnection):
             del self._readers[next(iter(self._readers))]
         self._readers[state_id] = readers if known == readers else None
 
-    async def _ready(self) -> _Bound:
+    async def _ready(self) -> Bound:
         """This loop's client, after handing back deliveries fetched ahead that
         their owner did not ask for."""
         bound = self._client()
@@ -314,7 +286,7 @@ class RedisPubSubConnection(PubSubConnection):
         return bound
 
     async def _unfetch(
-        self, bound: _Bound, state_id: str, process: str, owner: str, topic: str, packed: bytes
+        self, bound: Bound, state_id: str, process: str, owner: str, topic: str, packed: bytes
     ) -> None:
         keys, args = self._keys(state_id)
         args += (process, topic, owner, lua.RELEASED)
@@ -382,7 +354,7 @@ class RedisPubSubConnection(PubSubConnection):
 
     async def _set_aside(
         self,
-        bound: _Bound,
+        bound: Bound,
         state_id: str,
         process: str,
         topic: str,
