@@ -44,9 +44,12 @@ class Bound:
         if not self._direct and self._sender is None:
             self._direct += 1
             try:
-                return await self.scripts[name](keys=keys, args=args)
+                (reply,) = await self._exchange([(name, keys, args)])
             finally:
                 self._direct -= 1
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
         future: asyncio.Future[Any] = self.loop.create_future()
         self._queue.append((name, keys, args, future))
         if self._sender is None:
@@ -68,14 +71,8 @@ class Bound:
             self._queue = []
 
     async def _send(self, batch: list[_Call]) -> None:
-        from redis.exceptions import NoScriptError
-
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for name, keys, args, _ in batch:
-                pipe.evalsha(self.scripts[name].sha, len(keys), *keys, *args)
-            async with pipe:
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await self._exchange([call[:3] for call in batch])
         except BaseException as exc:
             for *_, future in batch:
                 if future.done():
@@ -87,15 +84,66 @@ class Bound:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (name, keys, args, future), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError):  # the server forgot the scripts (restart, flush)
-                try:
-                    reply = await self.scripts[name](keys=keys, args=args)
-                except Exception as exc:
-                    reply = exc
+        for (*_, future), reply in zip(batch, replies, strict=True):
             if future.done():
                 continue
             if isinstance(reply, Exception):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _exchange(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Send ``calls`` at once; their replies (an exception for a refused one)."""
+        from redis.exceptions import NoScriptError
+
+        replies = await self._write_read(calls)
+        lost = [k for k, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if lost:  # the server forgot the scripts (restart, SCRIPT FLUSH): load, send again
+            for name in {calls[k][0] for k in lost}:
+                await self.client.script_load(self.scripts[name].script)
+            again = await self._write_read([calls[k] for k in lost])
+            for k, reply in zip(lost, again, strict=True):
+                replies[k] = reply
+        return replies
+
+    async def _write_read(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        from redis.exceptions import ResponseError
+
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is None:  # e.g. a cluster client: let it route the pipeline
+            pipe = self.client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self.scripts[name].sha, len(keys), *keys, *args)
+            async with pipe:
+                return list(await pipe.execute(raise_on_error=False))
+        packed = b"".join(_pack(self.scripts[name].sha, keys, args) for name, keys, args in calls)
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:  # the reply was read whole: the socket stays usable
+                    replies.append(exc)
+            return replies
+        finally:
+            await pool.release(connection)
+
+
+def _pack(sha: str, keys: list[str], args: list[Any]) -> bytes:
+    """``EVALSHA sha len(keys) *keys *args`` in the Redis protocol."""
+    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (3 + len(keys) + len(args), sha.encode())]
+    count = str(len(keys)).encode()
+    parts.append(b"$%d\r\n%s\r\n" % (len(count), count))
+    for item in (*keys, *args):
+        if isinstance(item, bytes):
+            data = item
+        elif isinstance(item, str):
+            data = item.encode()
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            data = repr(item).encode()
+        else:
+            raise TypeError(f"cannot send {type(item).__name__} to Redis")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
