@@ -20,7 +20,18 @@ if TYPE_CHECKING:
 
 __all__ = ["Bound"]
 
-_NAMES = ("REGISTER", "PUBLISH", "COMMIT", "FETCH", "RENEW", "RELEASE", "SKIP", "UNFETCH", "DELETE")
+_NAMES = (
+    "REGISTER",
+    "PUBLISH",
+    "COMMIT",
+    "FETCH",
+    "RENEW",
+    "RELEASE",
+    "SKIP",
+    "UNFETCH",
+    "OUTSTANDING",
+    "DELETE",
+)
 
 _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
 

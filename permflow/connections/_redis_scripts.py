@@ -220,13 +220,22 @@ end
 REGISTER = (
     _PRELUDE
     + """
+local names = {}
+for i = 5, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+local known = {}
+chunks(names, 1000, function(part)
+  for _, spec in ipairs(redis.call('HMGET', REG, unpack(part))) do known[#known + 1] = spec end
+end)
+local new = false
 for i = 5, #ARGV, 2 do
-  local known = redis.call('HGET', REG, ARGV[i])
-  if known and known ~= ARGV[i + 1] then return {ARGV[i], known} end
+  local spec = known[(i - 3) / 2]
+  if spec and spec ~= ARGV[i + 1] then return {ARGV[i], spec} end
+  if not spec then new = true end
 end
+if not new then return {} end
 for i = 5, #ARGV, 2 do
   local process, spec = ARGV[i], ARGV[i + 1]
-  if not redis.call('HGET', REG, process) then
+  if not known[(i - 3) / 2] and redis.call('HEXISTS', REG, process) == 0 then
     local topic = string.sub(spec, 2)
     local stream = tkey(topic)
     redis.call('HSET', REG, process, spec)
@@ -295,6 +304,19 @@ FETCH = (
     + _FETCH
     + """
 return fetch(ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9])
+"""
+)
+
+# ARGV[5..]: processes. Returns {last change id or '', then each process's
+# count of messages not yet acked}, read together.
+OUTSTANDING = (
+    _PRELUDE
+    + """
+local last = redis.call('XREVRANGE', CHG, '+', '-', 'COUNT', 1)
+local reply = {''}
+if last[1] then reply[1] = last[1][1] end
+for k = 5, #ARGV do reply[#reply + 1] = redis.call('HGET', COUNT, ARGV[k]) or '0' end
+return reply
 """
 )
 

@@ -420,14 +420,8 @@ class RedisPubSubConnection(PubSubConnection):
         bound = await self._ready()
         names = list(dict.fromkeys(processes))
         with self._failures(f"counting outstanding messages of state id {state_id!r}"):
-            async with bound.client.pipeline(transaction=True) as pipe:
-                pipe.xrevrange(keys[4], count=1)
-                if names:
-                    pipe.hmget(keys[1], names)
-                replies = await pipe.execute()
-        last = replies[0]
-        _seen.set((id(self), args[0], last[0][0] if last else b"0-0"))
-        counts = replies[1] if names else []
+            last, *counts = await bound.run("OUTSTANDING", keys, [*args, *names])
+        _seen.set((id(self), args[0], last or b"0-0"))
         return {name: max(0, int(n or 0)) for name, n in zip(names, counts, strict=True)} | {
             p: 0 for p in processes if p not in names
         }
