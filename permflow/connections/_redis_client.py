@@ -39,7 +39,7 @@ _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
 class Bound:
     """One redis client and its scripts, bound to one event loop."""
 
-    def __init__(self, client: Redis, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, client: Redis, loop: asyncio.AbstractEventLoop, *, own_pool: bool) -> None:
         self.client: Any = client  # replies are parsed by hand by the connection
         self.loop = loop
         self.scripts = {name: client.register_script(getattr(lua, name)) for name in _NAMES}
@@ -50,12 +50,17 @@ class Bound:
         self._direct = 0
         self._queue: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        # Calls made one at a time (a run alone on its loop) reuse one connection
+        # rather than taking and returning a pooled one each time. Only in a pool
+        # this connection made: a pool you passed in is not ours to hold from.
+        self._keep = own_pool
+        self._kept: Any = None
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if not self._direct and self._sender is None:
             self._direct += 1
             try:
-                (reply,) = await self._exchange([(name, keys, args)])
+                (reply,) = await self._exchange([(name, keys, args)], alone=True)
             finally:
                 self._direct -= 1
             if isinstance(reply, Exception):
@@ -103,21 +108,24 @@ class Bound:
             else:
                 future.set_result(reply)
 
-    async def _exchange(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        """Send ``calls`` at once; their replies (an exception for a refused one)."""
+    async def _exchange(
+        self, calls: list[tuple[str, list[str], list[Any]]], *, alone: bool = False
+    ) -> list[Any]:
+        """Send ``calls`` at once; their replies (an exception for a refused one).
+        ``alone``: no other call is on the wire (it may use the kept connection)."""
         from redis.exceptions import NoScriptError
 
-        replies = await self._write_read(calls)
+        replies = await self._write_read(calls, alone)
         lost = [k for k, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if lost:  # the server forgot the scripts (restart, SCRIPT FLUSH): load, send again
             for name in {calls[k][0] for k in lost}:
                 await self.client.script_load(self.scripts[name].script)
-            again = await self._write_read([calls[k] for k in lost])
+            again = await self._write_read([calls[k] for k in lost], alone)
             for k, reply in zip(lost, again, strict=True):
                 replies[k] = reply
         return replies
 
-    async def _write_read(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+    async def _write_read(self, calls: list[tuple[str, list[str], list[Any]]], alone: bool) -> list[Any]:
         from redis.exceptions import ResponseError
 
         pool = getattr(self.client, "connection_pool", None)
@@ -128,7 +136,13 @@ class Bound:
             async with pipe:
                 return list(await pipe.execute(raise_on_error=False))
         packed = b"".join(_pack(self.scripts[name].sha, keys, args) for name, keys, args in calls)
-        connection = await pool.get_connection()
+        keep = alone and self._keep
+        if keep and self._kept is not None:
+            connection = self._kept
+        else:
+            connection = await pool.get_connection()
+            if keep:
+                self._kept = connection
         try:
             await connection.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
@@ -139,7 +153,8 @@ class Bound:
                     replies.append(exc)
             return replies
         finally:
-            await pool.release(connection)
+            if not keep:
+                await pool.release(connection)
 
 
 def _pack(sha: str, keys: list[str], args: list[Any]) -> bytes:

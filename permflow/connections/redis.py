@@ -178,7 +178,7 @@ class RedisPubSubConnection(PubSubConnection):
                 options = {"max_connections": 100, "timeout": None, **self._options}
                 pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
                 client = redis.asyncio.Redis.from_pool(pool)
-            bound = self._bound[loop] = Bound(client, loop)
+            bound = self._bound[loop] = Bound(client, loop, own_pool=self._given is None)
         return bound
 
     @contextmanager
