@@ -26,6 +26,7 @@ __all__ = [
     "COMMIT",
     "DELETE",
     "FETCH",
+    "OUTSTANDING",
     "PUBLISH",
     "REGISTER",
     "RELEASE",
@@ -109,7 +110,8 @@ local function trim(stream)
   redis.call('XTRIM', stream, 'MINID', '~', keep)
 end
 -- ARGV[i] = message count, then per message: topic, payload, published_at, depth, trail.
-local function store(i)
+-- Readers in ``recount`` are not counted here: their fetch that follows sets their count.
+local function store(i, recount)
   local ids = {}
   for m = 0, tonumber(ARGV[i]) - 1 do
     local j = i + 1 + m * 5
@@ -124,9 +126,11 @@ local function store(i)
     end
     local stream = tkey(topic)
     redis.call('XADD', stream, '*', 'l', id, unpack(fields))
-    redis.call('SADD', TOPICS, topic)
-    for _, reader in ipairs(redis.call('SMEMBERS', rkey(topic))) do
-      redis.call('HINCRBY', COUNT, reader, 1)
+    local readers = redis.call('SMEMBERS', rkey(topic))
+    -- A topic with readers was added to TOPICS when they registered.
+    if #readers == 0 then redis.call('SADD', TOPICS, topic) end
+    for _, reader in ipairs(readers) do
+      if not recount[reader] then redis.call('HINCRBY', COUNT, reader, 1) end
     end
     if maxlen > 0 then trim(stream) end
     ids[#ids + 1] = id
@@ -254,7 +258,7 @@ PUBLISH = (
     _PRELUDE
     + _STORE
     + """
-local ids = store(5)
+local ids = store(5, {})
 changed()
 touch()
 return ids
@@ -285,13 +289,15 @@ for k = 11, 10 + n do
 end
 chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
 uncount(process, n)
-local stored = store(11 + n)
+local j = 12 + n + 5 * tonumber(ARGV[11 + n])
+local lease, released, last = tonumber(ARGV[j]), ARGV[j + 1], j + 2 + tonumber(ARGV[j + 2])
+local recount = {}
+for r = j + 3, last do recount[ARGV[r]] = true end
+local stored = store(11 + n, recount)
 changed()
 touch()
-local j = 12 + n + 5 * tonumber(ARGV[11 + n])
-local lease, released = tonumber(ARGV[j]), ARGV[j + 1]
 local reply = {stored}
-for r = j + 3, j + 2 + tonumber(ARGV[j + 2]) do
+for r = j + 3, last do
   for _, x in ipairs(fetch(ARGV[r], owner, lease, 0, released)) do reply[#reply + 1] = x end
 end
 return reply
