@@ -237,18 +237,37 @@ for i = 5, #ARGV, 2 do
   if not spec then new = true end
 end
 if not new then return {} end
+-- New processes, grouped by topic; a name given twice keeps its first spec.
+local specs, counts, topics, readers, seen = {}, {}, {}, {}, {}
 for i = 5, #ARGV, 2 do
   local process, spec = ARGV[i], ARGV[i + 1]
-  if not known[(i - 3) / 2] and redis.call('HEXISTS', REG, process) == 0 then
+  if not known[(i - 3) / 2] and not seen[process] then
+    seen[process] = true
     local topic = string.sub(spec, 2)
-    local stream = tkey(topic)
-    redis.call('HSET', REG, process, spec)
-    redis.call('SADD', rkey(topic), process)
-    redis.call('SADD', TOPICS, topic)
-    redis.pcall('XGROUP', 'CREATE', stream, process, '0', 'MKSTREAM')
-    redis.call('HSET', COUNT, process, redis.call('XLEN', stream))
+    if not readers[topic] then
+      readers[topic] = {}
+      topics[#topics + 1] = topic
+    end
+    table.insert(readers[topic], process)
+    specs[#specs + 1] = process
+    specs[#specs + 1] = spec
   end
 end
+chunks(specs, 1000, function(part) redis.call('HSET', REG, unpack(part)) end)
+chunks(topics, 1000, function(part) redis.call('SADD', TOPICS, unpack(part)) end)
+for _, topic in ipairs(topics) do
+  local stream, names = tkey(topic), readers[topic]
+  chunks(names, 1000, function(part) redis.call('SADD', rkey(topic), unpack(part)) end)
+  for _, process in ipairs(names) do
+    redis.pcall('XGROUP', 'CREATE', stream, process, '0', 'MKSTREAM')
+  end
+  local backlog = redis.call('XLEN', stream)
+  for _, process in ipairs(names) do
+    counts[#counts + 1] = process
+    counts[#counts + 1] = backlog
+  end
+end
+chunks(counts, 1000, function(part) redis.call('HSET', COUNT, unpack(part)) end)
 touch()
 return {}
 """

@@ -269,10 +269,11 @@ class RedisPubSubConnection(PubSubConnection):
         for sub in subscriptions:
             if not sub.join:
                 readers[sub.topic] = (*readers.get(sub.topic, ()), sub.process)
-        known = self._readers.get(state_id, readers)
-        if len(self._readers) >= _MAX_LEARNED and state_id not in self._readers:
-            del self._readers[next(iter(self._readers))]
-        self._readers[state_id] = readers if known == readers else None
+        with self._lock:
+            known = self._readers.get(state_id, readers)
+            if len(self._readers) >= _MAX_LEARNED and state_id not in self._readers:
+                del self._readers[next(iter(self._readers))]
+            self._readers[state_id] = readers if known == readers else None
 
     async def _ready(self) -> Bound:
         """This loop's client, after handing back deliveries fetched ahead that
