@@ -635,3 +635,139 @@ def test_invalid_settings_are_refused() -> None:
     ):
         with pytest.raises(ValueError):
             RedisPubSubConnection.from_url("redis://localhost", **kwargs)
+
+
+# -- fetch-ahead: a commit fetches for the readers of what it stored -----------------
+
+FAN = [*READ_A, Subscription("q", "b")]
+
+
+async def committed_to_b(conn: RedisPubSubConnection, owner: str, values: list[Any]) -> None:
+    """Register p (reads a) and q (reads b); owner takes p's input and commits ``values`` to b."""
+    await conn.register("s", FAN)
+    await conn.publish("s", [msg("a", "in")])
+    (delivery,) = await conn.fetch("s", "p", owner=owner)
+    assert await conn.commit(delivery, [msg("b", v, 1) for v in values], owner=owner) is not None
+
+
+async def holders(raw: Any, prefix: str, process: str, topic: str) -> list[tuple[str, int]]:
+    """(consumer, times delivered) of every pending delivery of ``process`` on ``topic``."""
+    pending = await raw.xpending_range(key(prefix, "s", f"t:{topic}"), process, "-", "+", 100)
+    return [(p["consumer"].decode(), p["times_delivered"]) for p in pending]
+
+
+async def test_a_commit_fetches_ahead_and_the_next_fetch_gets_it_once(
+    conn: RedisPubSubConnection, raw: Any, redis_prefix: str
+) -> None:
+    """Commit takes q's delivery for its owner, whose next fetch returns it once; counted till committed."""
+    await committed_to_b(conn, "o1", ["out"])
+    assert await holders(raw, redis_prefix, "q", "b") == [("o1", 1)]
+    (ahead,) = await conn.fetch("s", "q", owner="o1")  # a plain FETCH hides o1's own pending entry
+    assert (ahead.messages[0].value, ahead.attempt) == ("out", 1)
+    assert await conn.fetch("s", "q", owner="o1") == []
+    assert await conn.outstanding("s", ["p", "q"]) == {"p": 0, "q": 1}
+    assert await conn.commit(ahead, [], owner="o1") == []
+    assert await conn.outstanding("s", ["p", "q"]) == {"p": 0, "q": 0}
+    assert await holders(raw, redis_prefix, "q", "b") == []
+
+
+async def test_fetch_ahead_nobody_asked_for_is_handed_back_at_the_next_call(
+    conn: RedisPubSubConnection, redis_url: str, redis_prefix: str
+) -> None:
+    """Unasked fetch-ahead goes back at the next call: attempt 1 for anyone, waiters woken, counts right."""
+    await committed_to_b(conn, "o1", ["out"])
+    async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0) as other:
+        assert await other.outstanding("s", ["q"]) == {"q": 1}
+        assert await other.fetch("s", "q", owner="o2") == []  # o1 holds it for now
+        woke = anyio.Event()
+
+        async def waiter() -> None:
+            await other.wait_for_change("s", 30)
+            woke.set()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                assert await conn.outstanding("s", ["p", "q"]) == {"p": 0, "q": 1}
+                await woke.wait()
+        (taken,) = await other.fetch("s", "q", owner="o2")
+        assert (taken.messages[0].value, taken.attempt) == ("out", 1)
+        assert await conn.commit(taken, [msg("c", "o1")], owner="o1") is None
+        assert await other.commit(taken, [msg("c", "o2")], owner="o2") is not None
+        assert await other.outstanding("s", ["q"]) == {"q": 0}
+    assert [m.value for m in await conn.apeek("s")] == ["in", "out", "o2"]
+
+
+async def test_another_owner_on_the_same_connection_gets_what_was_fetched_ahead(
+    conn: RedisPubSubConnection,
+) -> None:
+    """Another owner's fetch right after the commit hands the fetch-ahead back first and gets attempt 1."""
+    await committed_to_b(conn, "o1", ["out"])
+    (taken,) = await conn.fetch("s", "q", owner="o2")
+    assert (taken.messages[0].value, taken.attempt) == ("out", 1)
+    assert await conn.fetch("s", "q", owner="o1") == []
+    assert await conn.commit(taken, [], owner="o2") == []
+
+
+async def test_a_fetch_with_a_limit_is_not_answered_from_the_fetch_ahead(
+    conn: RedisPubSubConnection, raw: Any, redis_prefix: str
+) -> None:
+    """With three fetched ahead, a limit=1 fetch returns one and leaves two fetchable at attempt 1."""
+    await committed_to_b(conn, "o1", [0, 1, 2])
+    assert await holders(raw, redis_prefix, "q", "b") == [("o1", 1)] * 3
+    (first,) = await conn.fetch("s", "q", owner="o1", limit=1)
+    assert (first.messages[0].value, first.attempt) == (0, 1)
+    rest = await conn.fetch("s", "q", owner="o2")
+    assert [(d.messages[0].value, d.attempt) for d in rest] == [(1, 1), (2, 1)]
+    assert await conn.outstanding("s", ["q"]) == {"q": 3}
+    assert sorted(await holders(raw, redis_prefix, "q", "b")) == [("o1", 1), ("o2", 1), ("o2", 1)]
+
+
+async def test_no_fetch_ahead_when_a_state_id_is_registered_with_different_process_sets(
+    conn: RedisPubSubConnection, redis_url: str, redis_prefix: str, raw: Any
+) -> None:
+    """Once two process sets registered one state id, a commit leaves its readers' deliveries unfetched."""
+    await conn.register("s", READ_A)
+    await committed_to_b(conn, "o1", ["out"])
+    assert await holders(raw, redis_prefix, "q", "b") == []
+    async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix) as other:
+        (taken,) = await other.fetch("s", "q", owner="o2")
+        assert (taken.messages[0].value, taken.attempt) == ("out", 1)
+
+
+async def test_concurrent_commits_of_one_owner_lose_no_fetch_ahead(conn: RedisPubSubConnection) -> None:
+    """Two commits in flight at once for one owner both fetch ahead for q; the owner's fetches get both."""
+    await conn.register("s", FAN)
+    await conn.publish("s", [msg("a", 0), msg("a", 1)])
+    inputs = await conn.fetch("s", "p", owner="o")
+
+    async def commit(delivery: Any) -> None:
+        value = delivery.messages[0].value
+        assert await conn.commit(delivery, [msg("b", value, 1)], owner="o") is not None
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for d in inputs:
+                tg.start_soon(commit, d)
+    got = await conn.fetch("s", "q", owner="o")
+    got += await conn.fetch("s", "q", owner="o")
+    assert sorted(d.messages[0].value for d in got) == [0, 1]
+
+
+async def test_a_closed_connection_s_fetch_ahead_is_fetched_by_a_new_connection(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """What a connection fetched ahead before closing reaches a new one (at once or after the lease)."""
+    first = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=1.0)
+    await committed_to_b(first, "o1", ["out"])
+    await first.aclose()
+    async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=1.0) as second:
+        with anyio.fail_after(10):
+            while not (got := await second.fetch("s", "q", owner="o2")):
+                await second.wait_for_change("s", 0.2)
+        (taken,) = got
+        assert taken.messages[0].value == "out" and taken.attempt in (1, 2)
+        assert await second.commit(taken, [], owner="o1") is None
+        assert await second.commit(taken, [], owner="o2") == []
+        assert await second.outstanding("s", ["p", "q"]) == {"p": 0, "q": 0}
