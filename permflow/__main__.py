@@ -6,7 +6,9 @@ import argparse
 import importlib
 import importlib.util
 import json
+import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,20 +23,26 @@ def load_pubsub(spec: str) -> PubSub:
     module_name, sep, attr = spec.partition(":")
     if not sep or not attr:
         raise SystemExit(f"expected MODULE:ATTR (e.g. myapp.flows:pubsub), got {spec!r}")
-    if module_name.endswith(".py"):
-        loader_spec = importlib.util.spec_from_file_location("__permflow_target__", module_name)
-        if loader_spec is None or loader_spec.loader is None:
-            raise SystemExit(f"cannot load {module_name!r}")
-        module = importlib.util.module_from_spec(loader_spec)
-        loader_spec.loader.exec_module(module)
-    else:
-        sys.path.insert(0, "")
-        module = importlib.import_module(module_name)
+    try:
+        if module_name.endswith(".py"):
+            loader_spec = importlib.util.spec_from_file_location("__permflow_target__", module_name)
+            if loader_spec is None or loader_spec.loader is None:
+                raise SystemExit(f"cannot load {module_name!r}")
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            sys.path.insert(0, "")
+            module = importlib.import_module(module_name)
+    except (ImportError, OSError) as exc:
+        raise SystemExit(f"cannot import {module_name!r}: {exc}") from None
     obj: Any = module
     for part in attr.split("."):
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SystemExit(f"{module_name!r} has no attribute {attr!r}") from None
     if not isinstance(obj, PubSub):
-        raise SystemExit(f"{spec} is a {type(obj).__name__}, not a permflow.PubSub")
+        raise SystemExit(f"{spec} is of type {type(obj).__name__}, not a permflow.PubSub")
     return obj
 
 
@@ -65,6 +73,104 @@ def _graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connection(args: argparse.Namespace) -> Any:
+    from .connections.redis import RedisPubSubConnection
+
+    return RedisPubSubConnection.from_url(args.redis, prefix=args.prefix, lease=args.lease)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import anyio
+
+    from ._worker import Worker
+    from .connections.memory import InMemoryPubSubConnection
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    pubsub = load_pubsub(args.target)
+    if args.redis:
+        pubsub = pubsub.with_connection(_connection(args))
+    elif isinstance(pubsub.connection, InMemoryPubSubConnection):
+        raise SystemExit(
+            f"{args.target} uses an in-memory connection, which other processes cannot see: pass --redis URL"
+        )
+    worker = Worker(pubsub, concurrency=args.concurrency, name=args.name, grace=args.grace)
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, worker, tg.cancel_scope)
+            await worker.run()
+            tg.cancel_scope.cancel()
+        await pubsub.connection.aclose()
+
+    anyio.run(serve)
+    return 0
+
+
+async def _stop_on_signals(worker: Any, scope: Any) -> None:
+    """First SIGTERM/SIGINT: stop taking work and finish within the grace
+    period. A second one: stop now (running deliveries are handed back)."""
+    import signal
+
+    import anyio
+
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if worker.stopping:
+                logging.getLogger("permflow.worker").warning("second signal: stopping now")
+                scope.cancel()
+                return
+            logging.getLogger("permflow.worker").info(
+                "%s: finishing running work (up to %ss)", signal.Signals(signum).name, worker.grace
+            )
+            worker.stop()
+
+
+def _runs(args: argparse.Namespace) -> int:
+    conn = _connection(args)
+    try:
+        summaries = conn.run_summaries()
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return 0
+    now = time.time()
+    print(f"{'state id':40}  {'outstanding':>11}  {'idle for':>10}")
+    for row in summaries:
+        idle = now - float(row["updated_at"]) if row.get("updated_at") else float("nan")
+        print(f"{row['state_id']:40}  {row['outstanding']:>11}  {idle:>9.1f}s")
+    return 0
+
+
+def _peek(args: argparse.Namespace) -> int:
+    conn = _connection(args)
+    try:
+        messages = conn.peek(args.state_id)
+    finally:
+        conn.close()
+    if args.json:
+        rows = [
+            {"id": m.id, "topic": m.topic, "value": m.value, "depth": m.depth, "published_at": m.published_at}
+            for m in messages
+        ]
+        print(json.dumps(rows, indent=2, default=repr))
+        return 0
+    for m in messages:
+        stamp = time.strftime("%H:%M:%S", time.localtime(m.published_at))
+        print(f"{m.id:>20}  {stamp}  {m.topic:<16}  depth {m.depth:<3}  {m.value!r}")
+    if not messages:
+        print(f"(no messages stored for state id {args.state_id!r})")
+    return 0
+
+
+def _add_store_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--redis", required=required, metavar="URL", help="redis://host:port/db")
+    parser.add_argument("--prefix", default="permflow", help="key prefix (default: permflow)")
+    parser.add_argument("--lease", type=float, default=30.0, help="lease in seconds (default: 30)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="permflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,8 +178,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     graph.add_argument("target", help="MODULE:ATTR naming a PubSub")
     graph.add_argument("--json", action="store_true", help="machine-readable output")
     graph.set_defaults(func=_graph)
+
+    worker = commands.add_parser("worker", help="run a PubSub's processes for every state id with work")
+    worker.add_argument("target", help="MODULE:ATTR naming a PubSub")
+    _add_store_options(worker, required=False)
+    worker.add_argument("--concurrency", type=int, default=10, help="runs and steps at once (default 10)")
+    worker.add_argument("--name", help="worker name (default: host.pid)")
+    worker.add_argument("--grace", type=float, default=10.0, help="seconds to finish work on SIGTERM")
+    worker.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
+    worker.set_defaults(func=_worker)
+
+    runs = commands.add_parser("runs", help="list state ids, with their outstanding work and age")
+    _add_store_options(runs, required=True)
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+    runs.set_defaults(func=_runs)
+
+    peek = commands.add_parser("peek", help="print the stored messages of a state id")
+    peek.add_argument("state_id")
+    _add_store_options(peek, required=True)
+    peek.add_argument("--json", action="store_true", help="machine-readable output")
+    peek.set_defaults(func=_peek)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +35,11 @@ if TYPE_CHECKING:
     from ._plan import Plan, Step
     from .connections._base import PubSubConnection
 
-__all__ = ["Run", "Settings"]
+__all__ = ["Capacity", "Run", "Settings"]
 
 _HOPS_BETWEEN_CHECKPOINTS = 32
 _DEFAULT_THREADS = 40
+_HELP_INTERVAL = 0.2  # seconds between a worker's calls for help on one run
 _OWNER_TAG = uuid.uuid4().hex[:12]
 _owner_numbers = itertools.count(1)
 
@@ -53,8 +54,22 @@ class Settings:
     poll_interval: float = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What a worker lends its runs: a step limiter shared by all of them, and
+    a way to call other workers in when a run has more work than it can take."""
+
+    limiter: anyio.CapacityLimiter
+    call_for_help: Callable[[str], Awaitable[None]]
+
+
 class Run:
-    """One execution of a plan on one state id, from input to idle."""
+    """One execution of a plan on one state id, from input to idle.
+
+    With a ``capacity`` (worker mode) the run fetches only as many deliveries
+    as the worker can start, so that other workers driving the same state id
+    get the rest.
+    """
 
     def __init__(
         self,
@@ -63,6 +78,7 @@ class Run:
         state_id: str,
         settings: Settings,
         emit: Callable[[Message], None],
+        capacity: Capacity | None = None,
     ) -> None:
         self.plan = plan
         self.conn = connection
@@ -75,9 +91,16 @@ class Run:
         self._fetched = False
         self._quiet: anyio.Event | None = None
         self._failure: BaseException | None = None
+        self.failed_at: tuple[str, str] | None = None  # (process, topic) of a failed step
         self._tg: anyio.abc.TaskGroup | None = None
         limit = settings.max_concurrency
-        self._steps = anyio.CapacityLimiter(limit) if limit else None
+        self._capacity = capacity
+        self._more = False  # a capped fetch may have left deliveries behind
+        self._called_for_help = -math.inf
+        if capacity is not None:
+            self._steps: anyio.CapacityLimiter | None = capacity.limiter
+        else:
+            self._steps = anyio.CapacityLimiter(limit) if limit else None
         self._threads = anyio.CapacityLimiter(limit or _DEFAULT_THREADS)
 
     async def execute(self, topic: str | None, value: Any) -> None:
@@ -152,7 +175,9 @@ class Run:
             if self._active:
                 self._quiet = anyio.Event()
                 await self._quiet.wait()
-                continue
+                if not self._more:
+                    continue
+                self._more = False
             counts = await conn.outstanding(sid, plan.names)
             waiting = [s for s in plan.subscribers_all if counts[s.name]]
             if not waiting:
@@ -161,13 +186,25 @@ class Run:
                     return
             for step in waiting:
                 ready.extend((step, d) for d in await self._fetch(step))
-            if not ready:
+            if not ready and not self._active:
                 await conn.wait_for_change(sid, self.settings.poll_interval)
 
     async def _fetch(self, step: Step) -> list[Delivery]:
         self._fetched = True
-        deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner)
+        capacity = self._capacity
+        if capacity is None:
+            deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner)
+            self._held += len(deliveries)
+            return deliveries
+        limit = max(1, int(capacity.limiter.available_tokens))
+        deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner, limit=limit)
         self._held += len(deliveries)
+        if len(deliveries) >= limit and not step.join:
+            self._more = True
+            now = time.monotonic()
+            if now - self._called_for_help >= _HELP_INTERVAL:
+                self._called_for_help = now
+                await capacity.call_for_help(self.state_id)
         return deliveries
 
     async def _fetch_readers(self, stored: list[Message]) -> list[tuple[Step, Delivery]]:
@@ -207,7 +244,7 @@ class Run:
             self._fail(exc)
         finally:
             self._active -= 1
-            if not self._active and self._quiet is not None:
+            if (not self._active or self._more) and self._quiet is not None:
                 self._quiet.set()
 
     def _fail(self, exc: BaseException) -> None:
@@ -237,6 +274,8 @@ class Run:
                 record = _error_record(step.name, source.topic, value, exc, delivery.attempt)
                 ctx.outbox[:] = [(ERROR_NAME, record)]
             else:
+                if self.failed_at is None:
+                    self.failed_at = (step.name, source.topic)
                 raise
         if not ctx.outbox:
             return await self._commit(step, delivery, [])

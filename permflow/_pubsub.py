@@ -16,6 +16,7 @@ from ._message import Message
 from ._plan import Plan
 from ._portal import portal
 from ._process import Process
+from ._remote import RemoteRun
 from ._runnable import Config, Runnable
 from ._stream import MessageStream, SyncMessageStream
 from ._topic import IN_NAME, OUT_NAME, Topic
@@ -59,6 +60,7 @@ class PubSub(Runnable):
             raise TypeError(f"connection must be a PubSubConnection, got {connection!r}")
         self.connection = connection if connection is not None else InMemoryPubSubConnection()
         self._plan = Plan(self.processes)
+        self._on_workers = False
         self.settings = _settings(
             Settings(),
             dict(
@@ -83,7 +85,28 @@ class PubSub(Runnable):
         """The same processes and settings over another connection."""
         clone = PubSub(processes=self.processes, connection=connection)
         clone.settings = self.settings
+        clone._on_workers = self._on_workers
         return clone
+
+    def with_workers(self) -> PubSub:
+        """The same program, but runs are executed by workers
+        (``permflow worker module:pubsub``) sharing this connection: ``invoke``,
+        ``stream`` and ``batch`` store the input, announce the state id and
+        follow the run; no step runs in this process."""
+        clone = self.with_connection(self.connection)
+        clone._on_workers = True
+        return clone
+
+    @property
+    def on_workers(self) -> bool:
+        """Whether runs are submitted to workers (see ``with_workers``)."""
+        return self._on_workers
+
+    def _run(
+        self, state_id: str, settings: Settings, emit: Callable[[Message], None]
+    ) -> Run | RemoteRun:
+        kind = RemoteRun if self._on_workers else Run
+        return kind(self._plan, self.connection, state_id, settings, emit)
 
     # -- async API: the real one --------------------------------------------
 
@@ -121,7 +144,7 @@ class PubSub(Runnable):
             if message.topic == OUT_NAME:
                 out.append(message.value)
 
-        run = Run(self._plan, self.connection, state_id, settings, collect)
+        run = self._run(state_id, settings, collect)
         try:
             await run.execute(None if input is None else name, input)
         except BaseException as exc:  # failed or cancelled
@@ -152,7 +175,7 @@ class PubSub(Runnable):
         state_id, generated, settings, name = self._prepare(config, topic)
 
         async def run(emit: Callable[[Message], None]) -> None:
-            engine = Run(self._plan, self.connection, state_id, settings, emit)
+            engine = self._run(state_id, settings, emit)
             await engine.execute(None if input is None else name, input)
 
         async def finish() -> None:

@@ -19,7 +19,7 @@ from types import TracebackType
 
 from .._message import Delivery, Message
 
-__all__ = ["PubSubConnection", "Subscription"]
+__all__ = ["Claim", "PubSubConnection", "Subscription"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,14 @@ class Subscription:
     process: str
     topic: str
     join: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A state id announced to workers, held by one worker until ``finish``."""
+
+    state_id: str
+    handle: object = None
 
 
 class PubSubConnection(ABC):
@@ -98,6 +106,54 @@ class PubSubConnection(ABC):
     @abstractmethod
     async def adelete(self, state_id: str) -> None:
         """Forget everything about ``state_id``. Deleting an unknown id is a no-op."""
+
+    async def read_log(self, state_id: str, after: str | None) -> list[Message]:
+        """Messages of ``state_id`` stored after the one with id ``after``
+        (all of them when ``after`` is None), in publish order."""
+        log = await self.apeek(state_id)
+        if after is None:
+            return log
+        for i, message in enumerate(log):
+            if message.id == after:
+                return log[i + 1 :]
+        return log
+
+    # -- work distribution: used by ``permflow worker`` and ``PubSub.with_workers()``.
+    # Optional: connections that do not support workers keep these defaults.
+
+    async def announce(self, state_id: str) -> None:
+        """Tell workers that ``state_id`` has work; clears its failure and stop
+        marks. Raises ``NotImplementedError`` if the connection has no workers."""
+        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+
+    async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
+        """Up to ``limit`` announced state ids for ``worker`` to drive: those of
+        workers silent for ``lease`` first, then new ones. Waits up to
+        ``max_seconds`` when there are none."""
+        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+
+    async def renew_claims(self, worker: str) -> None:  # noqa: B027
+        """Keep ``worker``'s claims alive (stores with leases)."""
+
+    async def finish(self, claim: Claim, *, hand_back: bool = False) -> None:
+        """Done with ``claim``; with ``hand_back`` another worker may take it now."""
+        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+
+    async def mark_failed(self, state_id: str, record: dict[str, object]) -> None:
+        """Record that the run of ``state_id`` failed (JSON-compatible ``record``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+
+    async def failure(self, state_id: str) -> dict[str, object] | None:
+        """The failure recorded for ``state_id`` since its last announcement."""
+        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+
+    async def request_stop(self, state_id: str) -> None:
+        """Ask the workers driving ``state_id`` to stop it (a client left early)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+
+    async def stop_requested(self, state_id: str) -> bool:
+        """Whether a stop was requested since the last announcement."""
+        raise NotImplementedError(f"{type(self).__name__} does not support workers")
 
     def peek(self, state_id: str) -> list[Message]:
         """Sync twin of ``apeek`` (runs on permflow's background loop)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import final
 
@@ -11,7 +13,7 @@ import anyio
 
 from .._errors import DefinitionError
 from .._message import Delivery, Message
-from ._base import PubSubConnection, Subscription
+from ._base import Claim, PubSubConnection, Subscription
 
 __all__ = ["InMemoryPubSubConnection"]
 
@@ -60,6 +62,12 @@ class InMemoryPubSubConnection(PubSubConnection):
     def __init__(self) -> None:
         self._states: dict[str, _State] = {}
         self._lock = threading.Lock()
+        # work distribution (workers in this process)
+        self._announced: deque[tuple[int, str]] = deque()
+        self._claimed: dict[int, tuple[str, str]] = {}
+        self._claim_ids = itertools.count(1)
+        self._failed: dict[str, dict[str, object]] = {}
+        self._stopping: set[str] = set()
 
     def _state(self, state_id: str) -> _State:
         state = self._states.get(state_id)
@@ -205,6 +213,55 @@ class InMemoryPubSubConnection(PubSubConnection):
     async def adelete(self, state_id: str) -> None:
         with self._lock:
             self._states.pop(state_id, None)
+            self._failed.pop(state_id, None)
+            self._stopping.discard(state_id)
+
+    # -- work distribution ---------------------------------------------------
+
+    async def announce(self, state_id: str) -> None:
+        with self._lock:
+            self._failed.pop(state_id, None)
+            self._stopping.discard(state_id)
+            self._announced.append((next(self._claim_ids), state_id))
+
+    async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
+        with anyio.move_on_after(max_seconds):
+            while True:
+                with self._lock:
+                    claims: list[Claim] = []
+                    while self._announced and len(claims) < limit:
+                        number, state_id = self._announced.popleft()
+                        self._claimed[number] = (worker, state_id)
+                        claims.append(Claim(state_id, number))
+                if claims:
+                    return claims
+                await anyio.sleep(0.01)  # in-process polling; Redis blocks on the server
+        return []
+
+    async def finish(self, claim: Claim, *, hand_back: bool = False) -> None:
+        with self._lock:
+            entry = self._claimed.pop(claim.handle, None)  # type: ignore[call-overload]
+            if hand_back and entry is not None:
+                self._announced.appendleft((next(self._claim_ids), claim.state_id))
+
+    async def mark_failed(self, state_id: str, record: dict[str, object]) -> None:
+        with self._lock:
+            self._failed[state_id] = dict(record)
+            state = self._states.get(state_id)
+            if state is not None:
+                self._notify(state)
+
+    async def failure(self, state_id: str) -> dict[str, object] | None:
+        with self._lock:
+            return self._failed.get(state_id)
+
+    async def request_stop(self, state_id: str) -> None:
+        with self._lock:
+            self._stopping.add(state_id)
+
+    async def stop_requested(self, state_id: str) -> bool:
+        with self._lock:
+            return state_id in self._stopping
 
     def state_ids(self) -> list[str]:
         """State ids currently kept (for inspection and retention tests)."""

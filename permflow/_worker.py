@@ -1,0 +1,158 @@
+"""Workers: drive the runs of a PubSub for any state id that has work.
+
+A worker claims state ids announced on its connection (by clients of
+``PubSub.with_workers()``, or by other workers asking for help), runs each to
+idle with the same engine as a local ``invoke``, and finishes the claim. Many
+workers share the work: claims go to one worker each, and workers driving the
+same state id share its deliveries through the connection. A worker that
+dies holds its claims and deliveries only until its lease runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._engine import Capacity, Run, _error_record
+from .connections._base import Claim
+
+if TYPE_CHECKING:
+    from ._pubsub import PubSub
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("permflow.worker")
+
+_STOP_POLL_SECONDS = 0.5
+
+
+class Worker:
+    """Runs ``pubsub``'s processes for every announced state id.
+
+    ``concurrency`` bounds both the runs driven at once and the steps running
+    at once across them. ``run()`` works until ``stop()`` is called; then it
+    takes no new work, gives running runs ``grace`` seconds to finish, and
+    cancels and hands back the rest.
+    """
+
+    def __init__(
+        self,
+        pubsub: PubSub,
+        *,
+        concurrency: int = 10,
+        name: str | None = None,
+        grace: float = 10.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
+        self.pubsub = pubsub
+        self.connection = pubsub.connection
+        self.concurrency = concurrency
+        self.name = name or f"{socket.gethostname()}.{os.getpid()}"
+        self.grace = grace
+        self.runs_done = 0
+        self._running = 0
+        self._driving: dict[str, int] = {}
+        self._room = anyio.Event()
+        self._stopping: anyio.Event | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` was called."""
+        return self._stopping is not None and self._stopping.is_set()
+
+    def stop(self) -> None:
+        """Stop taking work; running runs get ``grace`` seconds to finish."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Work until ``stop()``; then finish or hand back what is running."""
+        self._stopping = stopping = anyio.Event()
+        runs = anyio.CapacityLimiter(self.concurrency)
+        capacity = Capacity(anyio.CapacityLimiter(self.concurrency), self.connection.announce)
+        log.info("worker %s started (concurrency %d)", self.name, self.concurrency)
+        async with anyio.create_task_group() as drivers:
+            if self.connection.lease != math.inf:
+                drivers.start_soon(self._renew)
+            task_status.started()
+            while not stopping.is_set():
+                free = int(runs.available_tokens)
+                if not free:
+                    self._room = anyio.Event()
+                    with anyio.move_on_after(0.5):
+                        await self._room.wait()
+                    continue
+                claimed = await self.connection.claim(self.name, limit=free, max_seconds=0.5)
+                for claim in claimed:
+                    runs.acquire_on_behalf_of_nowait(claim)
+                    self._running += 1
+                    drivers.start_soon(self._drive, claim, capacity, runs)
+            with anyio.move_on_after(self.grace):
+                while self._running:
+                    self._room = anyio.Event()
+                    await self._room.wait()
+            drivers.cancel_scope.cancel()
+        log.info("worker %s stopped after %d runs", self.name, self.runs_done)
+
+    async def _renew(self) -> None:
+        while True:
+            await anyio.sleep(self.connection.lease / 3)
+            await self.connection.renew_claims(self.name)
+
+    async def _drive(self, claim: Claim, capacity: Capacity, runs: anyio.CapacityLimiter) -> None:
+        conn, sid, plan = self.connection, claim.state_id, self.pubsub._plan
+        finished = False
+        self._driving[sid] = self._driving.get(sid, 0) + 1
+        try:
+            # a call for help this worker made itself is of no use to it
+            helping_myself = self._driving[sid] > 1
+            counts = {} if helping_myself else await conn.outstanding(sid, plan.names)
+            if any(counts.values()):
+                log.debug("worker %s drives state id %s", self.name, sid)
+                run = Run(plan, conn, sid, self.pubsub.settings, _ignore, capacity)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_stop, sid, tg.cancel_scope)
+                    try:
+                        await run.execute(None, None)
+                    except Exception as exc:
+                        record = _failure_record(run, exc)
+                        log.warning("run %s failed on worker %s: %s", sid, self.name, record)
+                        await conn.mark_failed(sid, record)
+                    tg.cancel_scope.cancel()
+                self.runs_done += 1
+            finished = True
+        finally:
+            self._driving[sid] -= 1
+            if not self._driving[sid]:
+                del self._driving[sid]
+            with anyio.CancelScope(shield=True):
+                await conn.finish(claim, hand_back=not finished)
+            runs.release_on_behalf_of(claim)
+            self._running -= 1
+            self._room.set()
+
+    async def _watch_stop(self, sid: str, scope: anyio.CancelScope) -> None:
+        while True:
+            await anyio.sleep(_STOP_POLL_SECONDS)
+            if await self.connection.stop_requested(sid):
+                log.info("worker %s stops state id %s on request", self.name, sid)
+                scope.cancel()
+                return
+
+
+def _ignore(message: object) -> None:
+    return None
+
+
+def _failure_record(run: Run, exc: BaseException) -> dict[str, Any]:
+    process, topic = run.failed_at or (None, None)
+    record = _error_record(process or "", topic or "", None, exc, 0)
+    del record["input"], record["attempt"]
+    record.update(process=process, topic=topic)
+    return record
