@@ -31,6 +31,10 @@ _NAMES = (
     "UNFETCH",
     "OUTSTANDING",
     "DELETE",
+    "MARK",
+    "CLAIM",
+    "RENEW_CLAIMS",
+    "FINISH",
 )
 
 _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]

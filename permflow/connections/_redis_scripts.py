@@ -10,6 +10,8 @@ hash tag, so every key of a run lives in one slot)::
     B:reg        hash     process -> 's<topic>' (subscribe) or 'j<topic>' (join)
     B:n          hash     process -> messages not yet acked (outstanding)
     B:chg        stream   one tiny entry per change, for wait_for_change
+    B:failed     string   JSON failure record of the run (workers)
+    B:stop       string   set when a client asked the workers to stop the run
 
 Every script gets ``KEYS = [log, n, reg, topics, chg]`` and
 ``ARGV = [B, ttl_ms, serializer, max_stream_length, ...]``; topic keys are
@@ -18,20 +20,29 @@ derived from ``B`` inside the script (same slot).
 Inflight deliveries are the pending-entries lists of the consumer groups; the
 consumer is the owner string. Released deliveries move to the consumer
 ``RELEASED`` so any owner can take them at once.
+
+Work for workers lives apart, in one stream per prefix, ``{prefix}:work`` (its
+own hash tag): one entry ``s <state id>`` per announcement, read by the consumer
+group ``workers`` (one consumer per worker). The scripts ``CLAIM``,
+``RENEW_CLAIMS`` and ``FINISH`` get ``KEYS = [work]`` and touch nothing else.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CLAIM",
     "COMMIT",
     "DELETE",
     "FETCH",
+    "FINISH",
+    "MARK",
     "OUTSTANDING",
     "PUBLISH",
     "REGISTER",
     "RELEASE",
     "RELEASED",
     "RENEW",
+    "RENEW_CLAIMS",
     "SKIP",
     "UNFETCH",
 ]
@@ -430,6 +441,89 @@ DELETE = (
 for _, topic in ipairs(redis.call('SMEMBERS', TOPICS)) do
   redis.call('DEL', tkey(topic), rkey(topic))
 end
-return redis.call('DEL', LOG, COUNT, REG, TOPICS, CHG)
+return redis.call('DEL', LOG, COUNT, REG, TOPICS, CHG, base .. ':failed', base .. ':stop')
+"""
+)
+
+# KEYS[6]: the mark (B:failed or B:stop); ARGV[5]: its value. Sets it (with the
+# ttl, if any) and records a change, so wait_for_change wakes.
+MARK = (
+    _PRELUDE
+    + """
+redis.call('SET', KEYS[6], ARGV[5])
+changed()
+touch()
+return 1
+"""
+)
+
+_WORK = """
+local WORK, GROUP, ALL = KEYS[1], ARGV[1], 1000000000
+"""
+
+# ARGV: group, worker, lease_ms (0: never reclaim), limit. Creates the group if
+# needed, then hands worker the entries of workers silent for lease, then new
+# ones. Returns {id, fields} entries.
+CLAIM = (
+    _WORK
+    + """
+local worker, lease, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.pcall('XGROUP', 'CREATE', WORK, GROUP, '0', 'MKSTREAM')
+local out = {}
+if lease > 0 then
+  local cursor = '0-0'
+  for _ = 1, 10 do
+    local r = redis.call('XAUTOCLAIM', WORK, GROUP, worker, lease, cursor, 'COUNT', limit - #out)
+    for _, e in ipairs(r[2]) do
+      if e and e[2] then out[#out + 1] = e end
+    end
+    cursor = r[1]
+    if cursor == '0-0' or #out >= limit then break end
+  end
+end
+if #out < limit then
+  local r = redis.call('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', limit - #out, 'STREAMS', WORK, '>')
+  if r then
+    for _, e in ipairs(r[1][2]) do out[#out + 1] = e end
+  end
+end
+return out
+"""
+)
+
+# ARGV: group, worker. Restarts the idle clock of every entry worker holds.
+RENEW_CLAIMS = (
+    _WORK
+    + """
+local worker = ARGV[2]
+local held = redis.pcall('XPENDING', WORK, GROUP, '-', '+', ALL, worker)
+if held.err then return 0 end
+local ids = {}
+for _, p in ipairs(held) do ids[#ids + 1] = p[1] end
+for i = 1, #ids, 500 do
+  local args = {'XCLAIM', WORK, GROUP, worker, 0}
+  for k = i, math.min(i + 499, #ids) do args[#args + 1] = ids[k] end
+  args[#args + 1] = 'IDLE'
+  args[#args + 1] = 0
+  args[#args + 1] = 'JUSTID'
+  redis.call(unpack(args))
+end
+return #ids
+"""
+)
+
+# ARGV: group, worker, entry id, '1' to hand back. If worker still holds the
+# entry: ack and delete it, and with hand back add it again for any worker.
+FINISH = (
+    _WORK
+    + """
+local worker, id, hand_back = ARGV[2], ARGV[3], ARGV[4] == '1'
+local held = redis.pcall('XPENDING', WORK, GROUP, id, id, 1, worker)
+if held.err or #held == 0 then return 0 end
+local entry = redis.call('XRANGE', WORK, id, id)
+redis.call('XACK', WORK, GROUP, id)
+redis.call('XDEL', WORK, id)
+if hand_back and entry[1] then redis.call('XADD', WORK, '*', unpack(entry[1][2])) end
+return 1
 """
 )

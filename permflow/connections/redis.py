@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from .._errors import ConnectionFailedError, DefinitionError
 from .._message import Delivery, Message
 from .._serialization import CorruptEntryError, Serializer, resolve_serializer
 from . import _redis_scripts as lua
-from ._base import PubSubConnection, Subscription
+from ._base import Claim, PubSubConnection, Subscription
 from ._redis_client import Bound
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ __all__ = ["CorruptEntryError", "RedisPubSubConnection"]
 _FOREVER_MS = 2**62
 _SHIELD_SECONDS = 30.0
 _MAX_LEARNED = 4096
+_GROUP = "workers"
+_ENTRY_ID = re.compile(r"\d+(-\d+)?")
 # (connection id, state key, last change id seen) - read by wait_for_change.
 _seen: ContextVar[tuple[int, str, bytes] | None] = ContextVar("permflow_redis_seen", default=None)
 
@@ -460,6 +463,149 @@ class RedisPubSubConnection(PubSubConnection):
         with self._failures(f"deleting state id {state_id!r}"):
             await bound.run("DELETE", keys, args)
 
+    async def read_log(self, state_id: str, after: str | None) -> list[Message]:
+        if after is None:
+            return await self.apeek(state_id)
+        if not _ENTRY_ID.fullmatch(after):
+            raise ValueError(
+                f"after must be a message id of state id {state_id!r} (like '1700000000000-0'), got {after!r}"
+            )
+        keys, _ = self._keys(state_id)
+        bound = await self._ready()
+        messages: list[Message] = []
+        start = "(" + after
+        while True:
+            with self._failures(f"reading the log of state id {state_id!r}"):
+                batch = await bound.client.xrange(keys[0], min=start, max="+", count=1000)
+            messages += (self._decode(keys[0], eid, _flat(fields), state_id) for eid, fields in batch)
+            if len(batch) < 1000:
+                return messages
+            start = "(" + _text(batch[-1][0])
+
+    # -- work distribution -----------------------------------------------------
+    # Announcements are entries of one stream per prefix, read by the consumer
+    # group "workers"; a claim is an entry pending for its worker, held under
+    # ``lease`` like deliveries. Failure and stop marks live with the state id.
+
+    def _work_key(self) -> str:
+        return f"{{{self.prefix}}}:work"
+
+    def _mark_key(self, state_id: str, mark: str) -> str:
+        return f"{{{self.prefix}:{_escape(state_id)}}}:{mark}"
+
+    async def announce(self, state_id: str) -> None:
+        bound = await self._ready()
+        with self._failures(f"announcing state id {state_id!r} to workers"):
+            await bound.client.delete(self._mark_key(state_id, "failed"), self._mark_key(state_id, "stop"))
+            await bound.client.xadd(self._work_key(), {"s": state_id.encode()})
+
+    async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r} (worker {worker!r})")
+        work = self._work_key()
+        lease = 0 if math.isinf(self.lease) else self._lease_ms
+        bound = await self._ready()
+        doing = f"claiming announced state ids for worker {worker!r}"
+        with self._failures(doing):
+            entries = await bound.run("CLAIM", [work], [_GROUP, worker, lease, limit])
+        if not entries and max_seconds > 0:
+            block = 0 if math.isinf(max_seconds) else max(1, int(max_seconds * 1000))
+            # Through the pool, not the batching runner: the read blocks only this caller.
+            with self._failures(doing):
+                reply = await bound.client.xreadgroup(_GROUP, worker, {work: ">"}, count=limit, block=block)
+            entries = [entry for _, batch in _streams(reply) for entry in batch]
+        claims = []
+        for entry_id, fields in entries:
+            flat = _flat(fields)
+            found = {_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
+            claims.append(Claim(_text(found.get("s", b"")), (worker, _text(entry_id))))
+        return claims
+
+    async def renew_claims(self, worker: str) -> None:
+        bound = await self._ready()
+        with self._failures(f"renewing the claims of worker {worker!r}"):
+            await bound.run("RENEW_CLAIMS", [self._work_key()], [_GROUP, worker])
+
+    async def finish(self, claim: Claim, *, hand_back: bool = False) -> None:
+        worker, entry_id = cast(tuple[str, str], claim.handle)
+        bound = await self._ready()
+        with self._failures(f"finishing the claim of worker {worker!r} on state id {claim.state_id!r}"):
+            await bound.run("FINISH", [self._work_key()], [_GROUP, worker, entry_id, int(hand_back)])
+
+    async def _mark(self, state_id: str, mark: str, value: bytes, doing: str) -> None:
+        keys, args = self._keys(state_id)
+        bound = await self._ready()
+        with self._failures(doing):
+            await bound.run("MARK", [*keys, self._mark_key(state_id, mark)], [*args, value])
+
+    async def mark_failed(self, state_id: str, record: dict[str, object]) -> None:
+        try:
+            value = json.dumps(record, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"the failure record of state id {state_id!r} must be JSON-compatible "
+                f"(str, numbers, lists, dicts): {exc}"
+            ) from exc
+        await self._mark(state_id, "failed", value, f"marking state id {state_id!r} failed")
+
+    async def failure(self, state_id: str) -> dict[str, object] | None:
+        bound = await self._ready()
+        with self._failures(f"reading the failure of state id {state_id!r}"):
+            raw = await bound.client.get(self._mark_key(state_id, "failed"))
+        if raw is None:
+            return None
+        record = json.loads(raw)
+        if not isinstance(record, dict):
+            raise CorruptEntryError(
+                f"Redis key {self._mark_key(state_id, 'failed')!r} does not hold a permflow failure "
+                "record; something else wrote to it"
+            )
+        return record
+
+    async def request_stop(self, state_id: str) -> None:
+        await self._mark(state_id, "stop", b"1", f"asking the workers to stop state id {state_id!r}")
+
+    async def stop_requested(self, state_id: str) -> bool:
+        bound = await self._ready()
+        with self._failures(f"checking for a stop request of state id {state_id!r}"):
+            return bool(await bound.client.exists(self._mark_key(state_id, "stop")))
+
+    async def arun_summaries(self) -> list[dict[str, object]]:
+        """One summary per state id under the prefix, most recently updated first:
+        ``state_id``, ``outstanding`` (messages not yet acked, over its processes)
+        and ``updated_at`` (epoch seconds of its last change, 0.0 if unknown)."""
+        state_ids = await self.astate_ids()
+        bound = self._client()
+        summaries: list[dict[str, object]] = []
+        for start in range(0, len(state_ids), 500):
+            chunk = state_ids[start : start + 500]
+            pipe = bound.client.pipeline(transaction=False)
+            for state_id in chunk:
+                keys, _ = self._keys(state_id)
+                pipe.hvals(keys[1])
+                pipe.xrevrange(keys[4], count=1)
+                pipe.xrevrange(keys[0], count=1)
+            with self._failures(f"summarising runs under prefix {self.prefix!r}"):
+                replies = await pipe.execute()
+            for k, state_id in enumerate(chunk):
+                counts, *lasts = replies[3 * k : 3 * k + 3]
+                stamps = [_id_key(_text(last[0][0]))[0] for last in lasts if last]
+                summaries.append(
+                    {
+                        "state_id": state_id,
+                        "outstanding": sum(max(0, int(n)) for n in counts),
+                        "updated_at": max(stamps, default=0) / 1000,
+                    }
+                )
+        summaries.sort(key=lambda s: cast(float, s["updated_at"]), reverse=True)
+        return summaries
+
+    def run_summaries(self) -> list[dict[str, object]]:
+        """Sync twin of ``arun_summaries``."""
+        from .._portal import run_sync
+
+        return run_sync(self.arun_summaries)
+
     async def astate_ids(self) -> list[str]:
         """State ids with keys under this prefix (SCAN, for inspection)."""
         bound = self._client()
@@ -529,6 +675,15 @@ def _unpack_entries(packed: bytes) -> list[tuple[bytes, bytes, list[bytes]]]:
         entries.append((pieces[k], pieces[k + 1], pieces[k + 3 : k + 3 + n]))
         k += 3 + n
     return entries
+
+
+def _streams(reply: Any) -> list[tuple[Any, list[Any]]]:
+    """(stream, entries) pairs of an XREAD/XREADGROUP reply (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(k, v[0] if len(v) == 1 and isinstance(v[0], list) else v) for k, v in reply.items()]
+    return [(stream, entries) for stream, entries in reply]
 
 
 def _flat(fields: Any) -> list[Any]:
