@@ -14,11 +14,13 @@ when joins have nothing new either, the run is idle and ends.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +41,11 @@ __all__ = ["Capacity", "Run", "Settings"]
 
 _HOPS_BETWEEN_CHECKPOINTS = 32
 _DEFAULT_THREADS = 40
+_log = logging.getLogger("permflow.run")
+
+#: ``trace(process_name, message)`` returns a context manager entered around
+#: each step execution (e.g. an OpenTelemetry span); see ``PubSub(trace=...)``.
+Tracer = Callable[[str, Message], AbstractContextManager[Any]]
 _HELP_INTERVAL = 0.2  # seconds between a worker's calls for help on one run
 _OWNER_TAG = uuid.uuid4().hex[:12]
 _owner_numbers = itertools.count(1)
@@ -52,6 +59,7 @@ class Settings:
     step_timeout: float | None = None
     max_deliveries: int = 5
     poll_interval: float = 1.0
+    trace: Tracer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,19 +265,34 @@ class Run:
         settings = self.settings
         messages = delivery.messages
         source = max(messages, key=_depth) if len(messages) > 1 else messages[0]
-        if delivery.attempt > settings.max_deliveries:
-            return await self._dead_letter(step, delivery, source)
+        if delivery.attempt > 1:
+            _log.info(
+                "redelivering to %r a message of topic %r (state id %r), attempt %d",
+                step.name,
+                source.topic,
+                self.state_id,
+                delivery.attempt,
+            )
+            if delivery.attempt > settings.max_deliveries:
+                return await self._dead_letter(step, delivery, source)
         trail = source.trail
         if step.on_cycle:
             trail = (*trail, check_repeat(step.name, source, trail))
         value = [m.value for m in messages] if step.join else source.value
         ctx = StepContext(self._threads)
         try:
-            if settings.step_timeout is None and self._steps is None:
+            if settings.step_timeout is None and self._steps is None and settings.trace is None:
                 await step.process.ainvoke(value, {RUN_KEY: ctx})
             else:
-                await self._invoke_guarded(step, value, ctx, source.topic)
+                await self._invoke_guarded(step, value, ctx, source)
         except Exception as exc:
+            _log.info(
+                "process %r failed on a message of topic %r (state id %r): %r",
+                step.name,
+                source.topic,
+                self.state_id,
+                exc,
+            )
             if self.plan.handles_errors and source.topic != ERROR_NAME:
                 record = _error_record(step.name, source.topic, value, exc, delivery.attempt)
                 ctx.outbox[:] = [(ERROR_NAME, record)]
@@ -285,18 +308,19 @@ class Run:
         outputs = [Message(t, v, sid, now, "", depth, trail) for t, v in ctx.outbox]
         return await self._commit(step, delivery, outputs)
 
-    async def _invoke_guarded(self, step: Step, value: Any, ctx: StepContext, topic: str) -> None:
-        timeout = self.settings.step_timeout
+    async def _invoke_guarded(self, step: Step, value: Any, ctx: StepContext, source: Message) -> None:
+        timeout, trace = self.settings.step_timeout, self.settings.trace
         with anyio.move_on_after(timeout) as scope:
-            if self._steps is None:
-                await step.process.ainvoke(value, {RUN_KEY: ctx})
-            else:
-                async with self._steps:
+            with trace(step.name, source) if trace is not None else nullcontext():
+                if self._steps is None:
                     await step.process.ainvoke(value, {RUN_KEY: ctx})
+                else:
+                    async with self._steps:
+                        await step.process.ainvoke(value, {RUN_KEY: ctx})
         if scope.cancelled_caught:
             raise TimeoutError(
                 f"process {step.name!r} took longer than step_timeout={timeout}s on a message "
-                f"of topic {topic!r} (state id {self.state_id!r})"
+                f"of topic {source.topic!r} (state id {self.state_id!r})"
             )
 
     async def _commit(
@@ -304,8 +328,16 @@ class Run:
     ) -> list[tuple[Step, Delivery]]:
         stored = await self.conn.commit(delivery, outputs, owner=self.owner)
         self._held -= 1
+        if stored is None:
+            _log.info(
+                "commit of %r refused: another driver of state id %r holds that delivery now "
+                "(its outputs are stored once, by that driver)",
+                step.name,
+                self.state_id,
+            )
+            return []
         if not stored:
-            return []  # nothing published, or another owner committed it first
+            return []
         return await self._fetch_readers(stored)
 
     async def _dead_letter(
@@ -321,6 +353,7 @@ class Run:
         record = _error_record(step.name, source.topic, value, PoisonMessageError(text), attempts)
         error = Message(ERROR_NAME, record, self.state_id, time.time(), "", source.depth + 1)
         follow = await self._commit(step, delivery, [error])
+        _log.warning("%s (state id %r)", text, self.state_id)
         if not self.plan.handles_errors:
             raise PoisonMessageError(f"{text} (state id {self.state_id!r})")
         return follow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -10,7 +11,7 @@ from typing import Any, TypeVar, final
 import anyio
 
 from ._context import RUN_KEY
-from ._engine import Run, Settings
+from ._engine import Run, Settings, Tracer
 from ._graph import Graph
 from ._message import Message
 from ._plan import Plan
@@ -52,6 +53,7 @@ class PubSub(Runnable):
         timeout: float | None = None,
         step_timeout: float | None = None,
         max_deliveries: int = 5,
+        trace: Tracer | None = None,
     ) -> None:
         if isinstance(processes, Process):
             processes = (processes,)
@@ -71,6 +73,10 @@ class PubSub(Runnable):
                 max_deliveries=max_deliveries,
             ),
         )
+        if trace is not None:
+            if not callable(trace):
+                raise TypeError(f"trace must be a callable returning a context manager, got {trace!r}")
+            self.settings = dataclasses.replace(self.settings, trace=trace)
 
     @property
     def process_names(self) -> list[str]:
@@ -102,9 +108,7 @@ class PubSub(Runnable):
         """Whether runs are submitted to workers (see ``with_workers``)."""
         return self._on_workers
 
-    def _run(
-        self, state_id: str, settings: Settings, emit: Callable[[Message], None]
-    ) -> Run | RemoteRun:
+    def _run(self, state_id: str, settings: Settings, emit: Callable[[Message], None]) -> Run | RemoteRun:
         kind = RemoteRun if self._on_workers else Run
         return kind(self._plan, self.connection, state_id, settings, emit)
 
@@ -336,4 +340,4 @@ def _settings(base: Settings, overrides: Mapping[str, Any]) -> Settings:
             raise ValueError(f"{key} must be a positive number of seconds or None, got {seconds!r}")
     if values["max_deliveries"] < 1:
         raise ValueError(f"max_deliveries must be at least 1, got {values['max_deliveries']!r}")
-    return Settings(**values)
+    return dataclasses.replace(base, **values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from ._runnable import Config, Runnable
 __all__ = ["RunnableRetry", "RunnableTimeout", "retry_waits_disabled", "set_retry_waits"]
 
 _waits_enabled = True
+_log = logging.getLogger("permflow.retry")
 
 
 def set_retry_waits(enabled: bool) -> None:
@@ -88,7 +90,16 @@ class RunnableRetry(Runnable):
                     ctx.rollback(mark)
                 if attempt == self.attempts:
                     raise
-            await anyio.sleep(self.wait_before(attempt))
+                wait = self.wait_before(attempt)
+                _log.warning(
+                    "retrying %r in %.3fs (attempt %d of %d failed)",
+                    self.name,
+                    wait,
+                    attempt,
+                    self.attempts,
+                    exc_info=True,
+                )
+            await anyio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _publishes(self) -> Iterator[str | None]:
