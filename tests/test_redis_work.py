@@ -156,6 +156,27 @@ async def test_renewed_claims_outlive_the_lease(short: RedisPubSubConnection) ->
     await short.finish(claim)
 
 
+async def test_a_claim_whose_reply_was_lost_is_not_renewed(
+    short: RedisPubSubConnection, raw: Any, redis_prefix: str
+) -> None:
+    """An entry read for a worker but never handed to it (a cancelled claim) lapses despite renewals."""
+    assert await short.claim("w1", limit=1, max_seconds=0) == []  # creates the group
+    await short.announce("orphan")
+    await raw.xreadgroup("workers", "w1", {f"{{{redis_prefix}}}:work": ">"}, count=1)
+    await short.announce("kept")
+    kept = await claim_one(short, "w1")
+    assert kept.state_id == "kept"
+    with anyio.fail_after(10):
+        while True:
+            await short.renew_claims("w1")
+            got = await short.claim("w2", limit=5, max_seconds=0.2)
+            if got:
+                break
+    assert [c.state_id for c in got] == ["orphan"]
+    await short.finish(kept)
+    await short.finish(got[0])
+
+
 async def test_hand_back_makes_a_claim_available_at_once(conn: RedisPubSubConnection) -> None:
     """A claim handed back is claimable by another worker immediately, long before the lease."""
     await conn.announce("s")
@@ -239,6 +260,7 @@ async def test_run_summaries_count_outstanding_and_order_by_update(conn: RedisPu
     await conn.publish("new", [msg("a", 1)])
     (delivery,) = await conn.fetch("new", "p", owner="o")
     await conn.commit(delivery, [], owner="o")
+    await conn.announce("new")  # the work stream is not a state id
     summaries = await conn.arun_summaries()
     assert [(s["state_id"], s["outstanding"]) for s in summaries] == [("new", 0), ("old", 4)]
     newest, oldest = (s["updated_at"] for s in summaries)

@@ -491,15 +491,20 @@ return out
 """
 )
 
-# ARGV: group, worker. Restarts the idle clock of every entry worker holds.
+# ARGV: group, worker, entry ids. Restarts the idle clock of those entries
+# that worker still holds (one lost to another worker stays lost).
 RENEW_CLAIMS = (
     _WORK
     + """
 local worker = ARGV[2]
+local wanted = {}
+for k = 3, #ARGV do wanted[ARGV[k]] = true end
 local held = redis.pcall('XPENDING', WORK, GROUP, '-', '+', ALL, worker)
 if held.err then return 0 end
 local ids = {}
-for _, p in ipairs(held) do ids[#ids + 1] = p[1] end
+for _, p in ipairs(held) do
+  if wanted[p[1]] then ids[#ids + 1] = p[1] end
+end
 for i = 1, #ids, 500 do
   local args = {'XCLAIM', WORK, GROUP, worker, 0}
   for k = i, math.min(i + 499, #ids) do args[#args + 1] = ids[k] end

@@ -142,6 +142,10 @@ class RedisPubSubConnection(PubSubConnection):
         # the state id was registered with different process sets (no fetch-ahead).
         self._readers: dict[str, dict[str, tuple[str, ...]] | None] = {}
         self._lock = threading.Lock()
+        # worker -> entry ids of the claims this connection handed it and it has not
+        # finished: only these are renewed. A claim whose reply never reached its
+        # caller (cancelled mid-call) is not, so another worker takes it after the lease.
+        self._held: dict[str, set[str]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -495,9 +499,12 @@ class RedisPubSubConnection(PubSubConnection):
 
     async def announce(self, state_id: str) -> None:
         bound = await self._ready()
+        # Two slots (the state id's, the work stream's): one round trip, not one script.
+        pipe = bound.client.pipeline(transaction=False)
+        pipe.delete(self._mark_key(state_id, "failed"), self._mark_key(state_id, "stop"))
+        pipe.xadd(self._work_key(), {"s": state_id.encode()})
         with self._failures(f"announcing state id {state_id!r} to workers"):
-            await bound.client.delete(self._mark_key(state_id, "failed"), self._mark_key(state_id, "stop"))
-            await bound.client.xadd(self._work_key(), {"s": state_id.encode()})
+            await pipe.execute()
 
     async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
         if limit < 1:
@@ -514,20 +521,34 @@ class RedisPubSubConnection(PubSubConnection):
             with self._failures(doing):
                 reply = await bound.client.xreadgroup(_GROUP, worker, {work: ">"}, count=limit, block=block)
             entries = [entry for _, batch in _streams(reply) for entry in batch]
-        claims = []
+        claims, ids = [], []
         for entry_id, fields in entries:
             flat = _flat(fields)
             found = {_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
-            claims.append(Claim(_text(found.get("s", b"")), (worker, _text(entry_id))))
+            ids.append(_text(entry_id))
+            claims.append(Claim(_text(found.get("s", b"")), (worker, ids[-1])))
+        if ids:
+            with self._lock:
+                self._held.setdefault(worker, set()).update(ids)
         return claims
 
     async def renew_claims(self, worker: str) -> None:
+        with self._lock:
+            held = sorted(self._held.get(worker, ()))
+        if not held:
+            return
         bound = await self._ready()
         with self._failures(f"renewing the claims of worker {worker!r}"):
-            await bound.run("RENEW_CLAIMS", [self._work_key()], [_GROUP, worker])
+            await bound.run("RENEW_CLAIMS", [self._work_key()], [_GROUP, worker, *held])
 
     async def finish(self, claim: Claim, *, hand_back: bool = False) -> None:
         worker, entry_id = cast(tuple[str, str], claim.handle)
+        with self._lock:
+            held = self._held.get(worker)
+            if held is not None:
+                held.discard(entry_id)
+                if not held:
+                    del self._held[worker]
         bound = await self._ready()
         with self._failures(f"finishing the claim of worker {worker!r} on state id {claim.state_id!r}"):
             await bound.run("FINISH", [self._work_key()], [_GROUP, worker, entry_id, int(hand_back)])
@@ -554,7 +575,10 @@ class RedisPubSubConnection(PubSubConnection):
             raw = await bound.client.get(self._mark_key(state_id, "failed"))
         if raw is None:
             return None
-        record = json.loads(raw)
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
         if not isinstance(record, dict):
             raise CorruptEntryError(
                 f"Redis key {self._mark_key(state_id, 'failed')!r} does not hold a permflow failure "
@@ -678,12 +702,8 @@ def _unpack_entries(packed: bytes) -> list[tuple[bytes, bytes, list[bytes]]]:
 
 
 def _streams(reply: Any) -> list[tuple[Any, list[Any]]]:
-    """(stream, entries) pairs of an XREAD/XREADGROUP reply (RESP2 list or RESP3 map)."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        return [(k, v[0] if len(v) == 1 and isinstance(v[0], list) else v) for k, v in reply.items()]
-    return [(stream, entries) for stream, entries in reply]
+    """(stream, entries) pairs of an XREAD/XREADGROUP reply."""
+    return [(stream, entries) for stream, entries in reply or ()]
 
 
 def _flat(fields: Any) -> list[Any]:
