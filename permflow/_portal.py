@@ -13,6 +13,8 @@ made while it lasts, is served by a temporary loop in a fresh thread.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ _lock = threading.Lock()
 _shared: BlockingPortal | None = None
 _shared_thread: threading.Thread | None = None
 _shared_blocked = 0
+_shared_loop: asyncio.AbstractEventLoop | None = None
 
 
 def _start_shared() -> BlockingPortal:
@@ -41,6 +44,8 @@ def _start_shared() -> BlockingPortal:
         import anyio
 
         async def main() -> None:
+            global _shared_loop
+            _shared_loop = asyncio.get_running_loop()
             async with BlockingPortal() as p:
                 box.append(p)
                 ready.set()
@@ -87,6 +92,24 @@ def portal() -> Iterator[BlockingPortal]:
 
 
 def run_sync(func: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``await func(*args)`` to completion from synchronous code."""
+    """Run ``await func(*args)`` to completion from synchronous code.
+
+    Ctrl-C (KeyboardInterrupt) while waiting cancels the call on the loop.
+    """
     with portal() as p:
-        return p.call(func, *args)
+        if p is _shared and _shared_loop is not None:
+            # one hand-off each way, instead of the portal's task-group round trip
+            future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+                _as_coroutine(func, *args), _shared_loop
+            )
+        else:
+            future = p.start_task_soon(func, *args)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+
+
+async def _as_coroutine(func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    return await func(*args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, final
 
 import anyio
@@ -15,7 +15,7 @@ from ._engine import Run, Settings, Tracer
 from ._graph import Graph
 from ._message import Message
 from ._plan import Plan
-from ._portal import portal
+from ._portal import portal, run_sync
 from ._process import Process
 from ._remote import RemoteRun
 from ._runnable import Config, Runnable
@@ -246,7 +246,7 @@ class PubSub(Runnable):
         async def go() -> list[Any]:
             return await self.ainvoke(input, config, topic=topic)
 
-        return _call_interruptibly(go)
+        return run_sync(go)
 
     def batch(
         self,
@@ -258,15 +258,13 @@ class PubSub(Runnable):
         async def go() -> list[Any]:
             return await self.abatch(inputs, config, max_concurrency=max_concurrency)
 
-        return _call_interruptibly(go)
+        return run_sync(go)
 
     def peek(self, state_id: str) -> list[Message]:
-        with portal() as p:
-            return p.call(self.apeek, state_id)
+        return run_sync(self.apeek, state_id)
 
     def delete(self, state_id: str) -> None:
-        with portal() as p:
-            p.call(self.adelete, state_id)
+        run_sync(self.adelete, state_id)
 
     def stream(
         self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
@@ -310,18 +308,6 @@ class PubSub(Runnable):
                         future.result()
                     except BaseException:  # the run was cancelled on purpose
                         pass
-
-
-def _call_interruptibly(func: Callable[[], Awaitable[T]]) -> T:
-    """Run ``func`` on permflow's loop; Ctrl-C (KeyboardInterrupt) cancels it
-    there, so the run stops and its unfinished work stays pending."""
-    with portal() as p:
-        future = p.start_task_soon(func)
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            future.cancel()
-            raise
 
 
 def _settings(base: Settings, overrides: Mapping[str, Any]) -> Settings:
