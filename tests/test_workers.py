@@ -1,0 +1,321 @@
+"""Workers in this process drive runs that a ``with_workers()`` client submits.
+
+The client and the workers share one in-memory connection, so these tests run
+on asyncio and trio; tests/test_worker_processes.py does the same across OS
+processes on Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from permflow import InMemoryPubSubConnection, PubSub, Topic
+from permflow._remote import WorkerRunError
+from permflow._worker import Worker
+
+pytestmark = pytest.mark.anyio
+
+MIDDLE = Topic("middle")
+QUESTION = Topic("question")
+ANSWER = Topic("answer")
+ITEMS = Topic("items")
+DONE = Topic("done")
+
+
+@asynccontextmanager
+async def running(*workers: Worker) -> AsyncIterator[None]:
+    """Run ``workers`` for the duration of the block, then stop them and wait."""
+    async with anyio.create_task_group() as tg:
+        for worker in workers:
+            await tg.start(worker.run)
+        try:
+            yield
+        finally:
+            for worker in workers:
+                worker.stop()
+
+
+def chain(connection: InMemoryPubSubConnection) -> PubSub:
+    return PubSub(
+        Topic.IN.subscribe() | (lambda x: x + "b") | MIDDLE.publish(),
+        MIDDLE.subscribe() | (lambda x: x + "c") | Topic.OUT.publish(),
+        connection=connection,
+    )
+
+
+async def test_ainvoke_on_workers_returns_what_a_local_ainvoke_returns() -> None:
+    """A client's ainvoke gives the same OUT values as running the steps locally."""
+    conn = InMemoryPubSubConnection()
+    pubsub = chain(conn)
+    local = await pubsub.ainvoke("a")
+    with anyio.fail_after(10):
+        async with running(Worker(pubsub, name="w1")):
+            remote = await pubsub.with_workers().ainvoke("a")
+    assert local == remote == ["abc"]
+
+
+async def test_client_runs_no_step_itself() -> None:
+    """Without a worker, nothing runs the steps: the client's run does not finish."""
+    calls: list[str] = []
+    pubsub = PubSub(Topic.IN.subscribe() | calls.append, connection=InMemoryPubSubConnection())
+    with anyio.move_on_after(0.3) as scope:  # the deadline is the assertion here
+        await pubsub.with_workers().ainvoke("x")
+    assert scope.cancelled_caught
+    assert calls == []
+
+
+async def test_astream_yields_messages_as_workers_publish_them() -> None:
+    """The client sees the middle message while a later step still waits for it."""
+    conn = InMemoryPubSubConnection()
+    seen_middle = anyio.Event()
+
+    async def gated(x: str) -> str:
+        await seen_middle.wait()  # only the client seeing "middle" lets this finish
+        return x + "c"
+
+    pubsub = PubSub(
+        Topic.IN.subscribe() | (lambda x: x + "b") | MIDDLE.publish(),
+        MIDDLE.subscribe() | gated | Topic.OUT.publish(),
+        connection=conn,
+    )
+    topics: list[tuple[str, Any]] = []
+    with anyio.fail_after(10):
+        async with running(Worker(pubsub, name="w1")):
+            async with pubsub.with_workers().astream("a") as stream:
+                async for message in stream:
+                    topics.append((message.topic, message.value))
+                    if message.topic == MIDDLE.name:
+                        seen_middle.set()
+    assert topics == [("__in__", "a"), ("middle", "ab"), ("__out__", "abc")]
+
+
+async def test_a_builtin_exception_on_a_worker_is_raised_as_itself_in_the_client() -> None:
+    """A ValueError raised by a worker's step comes back as ValueError with its message."""
+
+    def broken(x: str) -> str:
+        raise ValueError(f"cannot handle {x!r}")
+
+    conn = InMemoryPubSubConnection()
+    pubsub = PubSub(Topic.IN.subscribe() | broken | Topic.OUT.publish(), connection=conn)
+    with anyio.fail_after(10):
+        async with running(Worker(pubsub, name="w1")):
+            with pytest.raises(ValueError, match="cannot handle 'x'"):
+                await pubsub.with_workers().ainvoke("x", {"state_id": "fails"})
+    record = await conn.failure("fails")
+    assert record is not None and record["error"] == "ValueError"
+
+
+class QuotaExceeded(Exception):
+    pass
+
+
+async def test_a_custom_exception_on_a_worker_is_raised_as_worker_run_error() -> None:
+    """An exception type the client cannot rebuild arrives as WorkerRunError naming it."""
+
+    def broken(x: str) -> str:
+        raise QuotaExceeded("out of tokens")
+
+    conn = InMemoryPubSubConnection()
+    pubsub = PubSub(Topic.IN.subscribe() | broken | Topic.OUT.publish(), connection=conn)
+    with anyio.fail_after(10):
+        async with running(Worker(pubsub, name="w1")):
+            with pytest.raises(WorkerRunError) as info:
+                await pubsub.with_workers().ainvoke("x")
+    assert "QuotaExceeded" in str(info.value) and "out of tokens" in str(info.value)
+    assert info.value.record["error"].endswith("QuotaExceeded")
+    assert info.value.record["process"] == pubsub.process_names[0]
+
+
+async def test_breaking_out_stops_the_workers_and_the_run_resumes_with_new_input() -> None:
+    """Leaving the stream cancels a blocked step on the worker; resuming with an answer finishes the run."""
+    conn = InMemoryPubSubConnection()
+    started, cancelled = anyio.Event(), anyio.Event()
+    calls: list[str] = []
+
+    async def wait_for_human(question: str) -> str:
+        calls.append(question)
+        if len(calls) == 1:
+            started.set()
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                cancelled.set()
+                raise
+        return f"{question}: resumed"
+
+    pubsub = PubSub(
+        Topic.IN.subscribe() | (lambda x: f"approve {x}?") | QUESTION.publish(),
+        QUESTION.subscribe() | wait_for_human | Topic.OUT.publish(),
+        ANSWER.subscribe() | (lambda a: f"human said {a}") | Topic.OUT.publish(),
+        connection=conn,
+    )
+    client = pubsub.with_workers()
+    config = {"state_id": "hitl"}
+    with anyio.fail_after(10):
+        async with running(Worker(pubsub, name="w1")):
+            async with client.astream("deploy", config) as stream:
+                async for message in stream:
+                    if message.topic == QUESTION.name:
+                        await started.wait()
+                        break
+            await cancelled.wait()
+            assert await conn.outstanding("hitl", pubsub.process_names) != dict.fromkeys(
+                pubsub.process_names, 0
+            )
+            out = await client.ainvoke("yes", config, topic=ANSWER)
+    assert sorted(out) == ["approve deploy?: resumed", "human said yes"]
+    assert calls == ["approve deploy?", "approve deploy?"]
+    log = [(m.topic, m.value) for m in await conn.apeek("hitl")]
+    assert log.count(("__out__", "approve deploy?: resumed")) == 1
+
+
+async def test_a_join_over_a_fan_out_on_two_workers_fires_exactly_once() -> None:
+    """Fifty messages handled by both of two workers are joined once, with every value."""
+    conn = InMemoryPubSubConnection()
+    joined: list[list[int]] = []
+    running_now = 0
+    both_workers_busy = anyio.Event()
+
+    async def square(x: int) -> int:
+        nonlocal running_now
+        running_now += 1
+        if running_now >= 2:
+            both_workers_busy.set()
+        await both_workers_busy.wait()  # each worker runs one step at a time: 2 need both
+        running_now -= 1
+        return x * x
+
+    def total(values: list[int]) -> int:
+        joined.append(values)
+        return sum(values)
+
+    pubsub = PubSub(
+        Topic.IN.subscribe() | (lambda n: list(range(n))) | ITEMS.publish_each(),
+        ITEMS.subscribe() | square | DONE.publish(),
+        DONE.join() | total | Topic.OUT.publish(),
+        connection=conn,
+    )
+    with anyio.fail_after(20):
+        workers = Worker(pubsub, name="w1", concurrency=1), Worker(pubsub, name="w2", concurrency=1)
+        async with running(*workers):
+            out = await pubsub.with_workers().ainvoke(50, {"state_id": "fan"})
+    assert all(w.runs_done for w in workers)
+    assert out == [sum(x * x for x in range(50))]
+    assert len(joined) == 1 and sorted(joined[0]) == [x * x for x in range(50)]
+    assert [m.topic for m in await conn.apeek("fan")].count("__out__") == 1
+
+
+async def test_stop_with_grace_lets_a_running_run_finish() -> None:
+    """After stop(), a run already running completes within the grace period and is not cancelled."""
+    conn = InMemoryPubSubConnection()
+    started, release = anyio.Event(), anyio.Event()
+    cancelled: list[bool] = []
+
+    async def slow(x: str) -> str:
+        started.set()
+        try:
+            await release.wait()
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(True)
+            raise
+        return x + "!"
+
+    pubsub = PubSub(Topic.IN.subscribe() | slow | Topic.OUT.publish(), connection=conn)
+    worker = Worker(pubsub, name="w1", grace=30)
+    left_claim_loop = anyio.Event()
+    claim = conn.claim
+
+    async def observed_claim(name: str, *, limit: int, max_seconds: float) -> Any:
+        claims = await claim(name, limit=limit, max_seconds=max_seconds)
+        if worker.stopping:  # the worker checks stopping next and takes no more work
+            left_claim_loop.set()
+        return claims
+
+    conn.claim = observed_claim  # type: ignore[method-assign]
+    out: list[Any] = []
+
+    async def client() -> None:
+        out.extend(await pubsub.with_workers().ainvoke("run"))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            tg.start_soon(client)
+            await started.wait()
+            worker.stop()
+            await left_claim_loop.wait()
+            release.set()
+    assert out == ["run!"]
+    assert cancelled == []
+    assert worker.runs_done == 1
+
+
+async def test_a_run_outlasting_the_grace_period_is_handed_back_to_another_worker() -> None:
+    """A run still going when the grace period ends is cancelled and finished by another worker."""
+    conn = InMemoryPubSubConnection()
+    started = anyio.Event()
+    calls: list[str] = []
+
+    async def slow(x: str) -> str:
+        calls.append(x)
+        if len(calls) == 1:
+            started.set()
+            await anyio.sleep_forever()
+        return x + "!"
+
+    pubsub = PubSub(Topic.IN.subscribe() | slow | Topic.OUT.publish(), connection=conn)
+    first, second = Worker(pubsub, name="w1", grace=0.01), Worker(pubsub, name="w2")
+    first_stopped, finished = anyio.Event(), anyio.Event()
+    out: list[Any] = []
+
+    async def run_first() -> None:
+        await first.run()
+        first_stopped.set()
+
+    async def client() -> None:
+        out.extend(await pubsub.with_workers().ainvoke("run"))
+        finished.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_first)
+            tg.start_soon(client)
+            await started.wait()
+            first.stop()
+            await first_stopped.wait()
+            assert not finished.is_set()
+            async with running(second):
+                await finished.wait()
+    assert out == ["run!"]
+    assert len(calls) == 2
+    assert second.runs_done == 1
+
+
+async def test_two_workers_share_the_runs_of_a_batch() -> None:
+    """Both workers drive some of ten runs: four slow steps run at once, two per worker at most."""
+    conn = InMemoryPubSubConnection()
+    running_now = 0
+    four_at_once = anyio.Event()
+
+    async def slow(x: int) -> int:
+        nonlocal running_now
+        running_now += 1
+        if running_now >= 4:
+            four_at_once.set()
+        await four_at_once.wait()  # needs both workers: each runs at most 2 steps
+        running_now -= 1
+        return x * 10
+
+    pubsub = PubSub(Topic.IN.subscribe() | slow | Topic.OUT.publish(), connection=conn)
+    workers = Worker(pubsub, name="w1", concurrency=2), Worker(pubsub, name="w2", concurrency=2)
+    with anyio.fail_after(20):
+        async with running(*workers):
+            results = await pubsub.with_workers().abatch(list(range(10)))
+    assert results == [[x * 10] for x in range(10)]
+    assert all(w.runs_done > 0 for w in workers)
+    assert sum(w.runs_done for w in workers) >= 10
