@@ -64,6 +64,10 @@ class RedisPubSubConnection(PubSubConnection):
     shows only the latest ones) and trims topic streams only below what every
     reader has finished with (a process registered later then misses what was
     trimmed).
+
+    Workers (``permflow worker``) claim announced state ids from one stream per
+    prefix, ``{prefix}:work``, under the same ``lease``: a worker that stops
+    renewing loses its claims to the next worker that asks.
     """
 
     lease: float = 30.0
