@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -99,9 +100,7 @@ def run_sync(func: Callable[..., Awaitable[T]], *args: Any) -> T:
     with portal() as p:
         if p is _shared and _shared_loop is not None:
             # one hand-off each way, instead of the portal's task-group round trip
-            future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
-                _as_coroutine(func, *args), _shared_loop
-            )
+            future: concurrent.futures.Future[T] = _submit(_shared_loop, func, *args)
         else:
             future = p.start_task_soon(func, *args)
         try:
@@ -113,3 +112,40 @@ def run_sync(func: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 async def _as_coroutine(func: Callable[..., Awaitable[T]], *args: Any) -> T:
     return await func(*args)
+
+
+def _submit(
+    loop: asyncio.AbstractEventLoop, func: Callable[..., Awaitable[T]], *args: Any
+) -> concurrent.futures.Future[T]:
+    """Start ``func(*args)`` as a task on ``loop`` from another thread.
+
+    The task gets a fresh context: the caller's (say, a trio task's) must not
+    leak into it, or async libraries would detect the wrong event loop.
+    """
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    tasks: list[asyncio.Task[T]] = []
+
+    def settle(task: asyncio.Task[T]) -> None:
+        if future.cancelled():
+            return
+        if task.cancelled():
+            future.cancel()
+        elif task.exception() is not None:
+            future.set_exception(task.exception())
+        else:
+            future.set_result(task.result())
+
+    def start() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        task = contextvars.Context().run(loop.create_task, _as_coroutine(func, *args))
+        tasks.append(task)
+        task.add_done_callback(settle)
+
+    def cancel_task(done: concurrent.futures.Future[T]) -> None:
+        if done.cancelled():
+            loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
+
+    future.add_done_callback(cancel_task)
+    loop.call_soon_threadsafe(start, context=contextvars.Context())
+    return future

@@ -29,6 +29,7 @@ __all__ = ["Worker"]
 log = logging.getLogger("permflow.worker")
 
 _STOP_POLL_SECONDS = 0.5
+_HAND_BACK_SECONDS = 0.05
 
 
 class Worker:
@@ -82,10 +83,11 @@ class Worker:
                 drivers.start_soon(self._renew)
             task_status.started()
             while not stopping.is_set():
-                free = int(runs.available_tokens)
+                # claim only what can start now: runs free and step slots free
+                free = int(min(runs.available_tokens, capacity.limiter.available_tokens))
                 if not free:
                     self._room = anyio.Event()
-                    with anyio.move_on_after(0.5):
+                    with anyio.move_on_after(0.05):  # step slots free up without a signal
                         await self._room.wait()
                     continue
                 claimed = await self.connection.claim(self.name, limit=free, max_seconds=0.5)
@@ -110,7 +112,7 @@ class Worker:
         finished = False
         self._driving[sid] = self._driving.get(sid, 0) + 1
         try:
-            # a call for help this worker made itself is of no use to it
+            # a call for help this worker made itself is of no use to it: hand it back
             helping_myself = self._driving[sid] > 1
             counts = {} if helping_myself else await conn.outstanding(sid, plan.names)
             if any(counts.values()):
@@ -126,7 +128,9 @@ class Worker:
                         await conn.mark_failed(sid, record)
                     tg.cancel_scope.cancel()
                 self.runs_done += 1
-            finished = True
+            if helping_myself:  # hand it back, after a moment so others can take it
+                await anyio.sleep(_HAND_BACK_SECONDS)
+            finished = not helping_myself
         finally:
             self._driving[sid] -= 1
             if not self._driving[sid]:

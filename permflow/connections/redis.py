@@ -412,7 +412,13 @@ class RedisPubSubConnection(PubSubConnection):
         if reply is None:
             return None
         for k, process in enumerate(follow):
-            bound.ahead[(state_id, process, owner)] = (reply[1 + 3 * k], reply[2 + 3 * k], reply[3 + 3 * k])
+            key = (state_id, process, owner)
+            mode, topic_raw, packed = reply[1 + 3 * k], reply[2 + 3 * k], reply[3 + 3 * k]
+            earlier = bound.ahead.get(key)
+            if earlier is not None and earlier[2]:
+                # another commit of this owner fetched ahead first: keep both, in order
+                packed = bytes(earlier[2]) + bytes(packed or b"")
+            bound.ahead[key] = (mode, topic_raw, packed)
         return self._stored(state_id, messages, reply[0])
 
     async def release(self, state_id: str, owner: str) -> None:
