@@ -165,6 +165,33 @@ def _peek(args: argparse.Namespace) -> int:
     return 0
 
 
+def _invoke(args: argparse.Namespace) -> int:
+    pubsub = load_pubsub(args.target)
+    if args.redis:
+        pubsub = pubsub.with_connection(_connection(args))
+    if args.workers:
+        pubsub = pubsub.with_workers()
+    try:
+        value: Any = json.loads(args.input)
+    except json.JSONDecodeError:
+        value = args.input  # plain text input
+    config = {"state_id": args.state_id} if args.state_id else None
+    started, count, out = time.monotonic(), 0, []
+    with pubsub.stream(value, config) as messages:
+        for message in messages:
+            count += 1
+            if message.topic == "__out__":
+                out.append(message.value)
+            if not args.quiet:
+                elapsed = time.monotonic() - started
+                print(
+                    f"[{elapsed:7.2f}s] #{count:<5} {message.topic:<16} {message.value!r:.100}",
+                    file=sys.stderr,
+                )
+    print(json.dumps(out, default=repr))
+    return 0
+
+
 def _add_store_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--redis", required=required, metavar="URL", help="redis://host:port/db")
     parser.add_argument("--prefix", default="permflow", help="key prefix (default: permflow)")
@@ -187,6 +214,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--grace", type=float, default=10.0, help="seconds to finish work on SIGTERM")
     worker.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
     worker.set_defaults(func=_worker)
+
+    invoke = commands.add_parser(
+        "invoke", help="run a PubSub on one input, showing messages as they are published"
+    )
+    invoke.add_argument("target", help="MODULE:ATTR naming a PubSub")
+    invoke.add_argument("input", help="the input, as JSON (or plain text)")
+    _add_store_options(invoke, required=False)
+    invoke.add_argument("--workers", action="store_true", help="submit to workers instead of running here")
+    invoke.add_argument("--state-id", help="run under this state id (resume it with input null)")
+    invoke.add_argument("--quiet", action="store_true", help="print only the OUT values")
+    invoke.set_defaults(func=_invoke)
 
     runs = commands.add_parser("runs", help="list state ids, with their outstanding work and age")
     _add_store_options(runs, required=True)
