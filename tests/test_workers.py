@@ -184,9 +184,9 @@ async def test_a_join_over_a_fan_out_on_two_workers_fires_exactly_once() -> None
     async def square(x: int) -> int:
         nonlocal running_now
         running_now += 1
-        if running_now >= 2:
+        if running_now >= 3:
             both_workers_busy.set()
-        await both_workers_busy.wait()  # each worker runs one step at a time: 2 need both
+        await both_workers_busy.wait()  # each worker runs at most 2 steps at once: 3 need both
         running_now -= 1
         return x * x
 
@@ -201,7 +201,7 @@ async def test_a_join_over_a_fan_out_on_two_workers_fires_exactly_once() -> None
         connection=conn,
     )
     with anyio.fail_after(20):
-        workers = Worker(pubsub, name="w1", concurrency=1), Worker(pubsub, name="w2", concurrency=1)
+        workers = Worker(pubsub, name="w1", concurrency=2), Worker(pubsub, name="w2", concurrency=2)
         async with running(*workers):
             out = await pubsub.with_workers().ainvoke(50, {"state_id": "fan"})
     assert all(w.runs_done for w in workers)

@@ -1,0 +1,239 @@
+"""Worker processes on Redis: ``python -m permflow worker tests.worker_app:NAME``.
+
+Two worker subprocesses serve a client in this process. The tests kill and
+stop workers mid-run and check that every run still finishes with each of its
+messages stored exactly once. asyncio only: redis-py has no trio support.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+import redis.asyncio
+import worker_app
+
+from permflow import PubSub
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+LEASE = 2.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def work_key_cleaned(redis_url: str, redis_prefix: str) -> AsyncIterator[None]:
+    """Also remove the prefix's announcement stream (``redis_prefix`` removes run keys)."""
+    yield
+    raw = redis.asyncio.Redis.from_url(redis_url)
+    await raw.delete(f"{{{redis_prefix}}}:work")
+    await raw.aclose()
+
+
+class WorkerProcess:
+    """One ``permflow worker`` subprocess and the lines it logs (read as they come)."""
+
+    def __init__(self, process: anyio.abc.Process, name: str) -> None:
+        self.process = process
+        self.name = name
+        self.lines: list[str] = []
+        self.driven: list[str] = []
+        self.started = anyio.Event()
+        self._changed = anyio.Event()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def read_logs(self) -> None:
+        assert self.process.stderr is not None
+        pending = b""
+        async for chunk in self.process.stderr:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                if f"worker {self.name} started" in line:
+                    self.started.set()
+                marker = f"worker {self.name} drives state id "
+                if marker in line:
+                    self.driven.append(line.split(marker, 1)[1].strip())
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def wait_for_runs(self, count: int) -> None:
+        """Return once this worker has started driving ``count`` runs."""
+        while len(self.driven) < count:
+            await self._changed.wait()
+
+    def tail(self) -> str:
+        return "\n".join(self.lines[-30:])
+
+
+@asynccontextmanager
+async def worker_processes(
+    target: str, redis_url: str, prefix: str, *, count: int = 2, concurrency: int = 4, grace: float = 10.0
+) -> AsyncIterator[list[WorkerProcess]]:
+    """``count`` workers serving ``tests.worker_app:target``, started and logging;
+    whatever is still running at the end is killed."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    workers: list[WorkerProcess] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            for k in range(count):
+                name = f"w{k + 1}"
+                command = [
+                    sys.executable, "-m", "permflow", "worker", f"tests.worker_app:{target}",
+                    "--redis", redis_url, "--prefix", prefix, "--lease", str(LEASE),
+                    "--concurrency", str(concurrency), "--name", name, "--grace", str(grace),
+                    "--log-level", "debug",
+                ]  # fmt: skip
+                process = await anyio.open_process(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+                worker = WorkerProcess(process, name)
+                workers.append(worker)
+                tg.start_soon(worker.read_logs)
+            with anyio.fail_after(30):
+                for worker in workers:
+                    await worker.started.wait()
+            try:
+                yield workers
+            finally:
+                for worker in workers:
+                    if worker.process.returncode is None:
+                        worker.process.kill()
+                with anyio.move_on_after(10, shield=True):
+                    for worker in workers:
+                        await worker.process.wait()
+    finally:
+        for worker in workers:
+            if worker.process.returncode is None:
+                worker.process.kill()
+
+
+@asynccontextmanager
+async def client_of(pubsub: PubSub, redis_url: str, prefix: str) -> AsyncIterator[PubSub]:
+    client = worker_app.client(pubsub, redis_url, prefix, lease=LEASE)
+    try:
+        yield client
+    finally:
+        await client.connection.aclose()
+
+
+def expected_log(x: int, middle: str) -> list[tuple[str, Any]]:
+    """The (topic, value) pairs one run of a chain stores, OUT values without their pid."""
+    return [("__in__", x), (middle, x + 1), ("doubled", (x + 1) * 2), ("__out__", (x + 1) * 2)]
+
+
+async def stored_pairs(client: PubSub, state_id: str) -> list[tuple[str, Any]]:
+    pairs = []
+    for m in await client.apeek(state_id):
+        value = m.value["value"] if m.topic == "__out__" else m.value
+        pairs.append((m.topic, value))
+    return pairs
+
+
+async def test_two_worker_processes_run_a_batch_of_200_three_process_chains(
+    redis_url: str, redis_prefix: str, work_key_cleaned: None
+) -> None:
+    """200 runs submitted at once all return the right value, and both workers computed some."""
+    async with worker_processes("chain", redis_url, redis_prefix) as workers:
+        async with client_of(worker_app.chain, redis_url, redis_prefix) as client:
+            with anyio.fail_after(120):
+                results = await client.abatch(list(range(200)))
+    assert [[out["value"] for out in run] for run in results] == [[(x + 1) * 2] for x in range(200)]
+    pids = {out["pid"] for run in results for out in run}
+    assert pids == {w.pid for w in workers}
+    assert all(w.driven for w in workers)
+
+
+async def test_a_killed_worker_loses_no_run_and_stores_nothing_twice(
+    redis_url: str, redis_prefix: str, work_key_cleaned: None
+) -> None:
+    """After SIGKILL of a worker holding runs, the other finishes them, storing each message once."""
+    configs = [{"state_id": f"kill-{x}"} for x in range(40)]
+    async with worker_processes("slow_chain", redis_url, redis_prefix) as (victim, survivor):
+        async with client_of(worker_app.slow_chain, redis_url, redis_prefix) as client:
+            results: list[Any] = []
+
+            async def submit() -> None:
+                results.extend(await client.abatch(list(range(40)), configs))
+
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(submit)
+                    await victim.wait_for_runs(3)
+                    victim.process.send_signal(signal.SIGKILL)
+                    assert await victim.process.wait() == -signal.SIGKILL
+                    held = list(victim.driven)
+            assert [[out["value"] for out in run] for run in results] == [[(x + 1) * 2] for x in range(40)]
+            # runs the victim was driving when it died were finished by the survivor
+            finished_by = {c["state_id"]: run[0]["pid"] for c, run in zip(configs, results, strict=True)}
+            assert survivor.pid in {finished_by[sid] for sid in held}, victim.tail()
+            for x, config in enumerate(configs):
+                assert await stored_pairs(client, config["state_id"]) == expected_log(x, "work")
+
+
+async def test_sigterm_lets_a_worker_finish_within_its_grace_period_and_lose_nothing(
+    redis_url: str, redis_prefix: str, work_key_cleaned: None
+) -> None:
+    """A worker sent SIGTERM mid-run exits with code 0 within its grace period; every run completes."""
+    grace = 5.0
+    configs = [{"state_id": f"term-{x}"} for x in range(40)]
+    async with worker_processes("slow_chain", redis_url, redis_prefix, grace=grace) as (stopped, other):
+        async with client_of(worker_app.slow_chain, redis_url, redis_prefix) as client:
+            results: list[Any] = []
+
+            async def submit() -> None:
+                results.extend(await client.abatch(list(range(40)), configs))
+
+            with anyio.fail_after(120):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(submit)
+                    await stopped.wait_for_runs(3)
+                    began = time.monotonic()
+                    stopped.process.send_signal(signal.SIGTERM)
+                    with anyio.fail_after(grace + 30):  # a generous backstop; the bound is checked below
+                        code = await stopped.process.wait()
+                    took = time.monotonic() - began
+            assert code == 0, stopped.tail()
+            assert took < grace + 2, f"worker took {took:.1f}s to stop with grace={grace}s"
+            assert any("SIGTERM" in line for line in stopped.lines)
+            assert [[out["value"] for out in run] for run in results] == [[(x + 1) * 2] for x in range(40)]
+            for x, config in enumerate(configs):
+                assert await stored_pairs(client, config["state_id"]) == expected_log(x, "work")
+            assert other.driven
+
+
+async def test_a_join_over_a_fan_out_spread_over_two_workers_fires_once(
+    redis_url: str, redis_prefix: str, work_key_cleaned: None
+) -> None:
+    """Fifty squares computed by both workers are joined exactly once into the right sum."""
+    async with worker_processes("fan_out", redis_url, redis_prefix) as workers:
+        async with client_of(worker_app.fan_out, redis_url, redis_prefix) as client:
+            with anyio.fail_after(60):
+                out = await client.ainvoke(50, {"state_id": "fan"})
+            topics = [m.topic for m in await client.apeek("fan")]
+    assert out == [
+        {"sum": sum(x * x for x in range(50)), "count": 50, "pids": sorted(w.pid for w in workers)}
+    ]
+    assert topics.count("__out__") == 1
+    assert topics.count("squares") == topics.count("items") == 50

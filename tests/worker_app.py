@@ -1,0 +1,80 @@
+"""PubSubs that worker subprocesses serve in tests/test_worker_processes.py.
+
+    python -m permflow worker tests.worker_app:chain --redis URL --prefix P
+
+Everything a worker needs to find its runs (Redis URL, key prefix, lease)
+comes from its command line: the CLI swaps the in-memory connection below for
+Redis. Steps put ``os.getpid()`` into their outputs so a test can tell which
+worker process did the work.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import anyio
+
+from permflow import PubSub, RedisPubSubConnection, Topic
+
+#: Seconds the slow steps wait: the workload of a run, long enough for a test
+#: to kill or stop a worker while it holds deliveries.
+SLOW_SECONDS = 0.2
+ITEM_SECONDS = 0.05
+
+PLUS_ONE = Topic("plus_one")
+DOUBLED = Topic("doubled")
+WORK = Topic("work")
+ITEMS = Topic("items")
+SQUARES = Topic("squares")
+
+
+def _tagged(value: int) -> dict[str, int]:
+    return {"value": value, "pid": os.getpid()}
+
+
+async def _slow_double(x: int) -> int:
+    await anyio.sleep(SLOW_SECONDS)
+    return x * 2
+
+
+async def _slow_square(x: int) -> dict[str, int]:
+    await anyio.sleep(ITEM_SECONDS)
+    return _tagged(x * x)
+
+
+def _total(squares: list[dict[str, int]]) -> dict[str, Any]:
+    return {
+        "sum": sum(s["value"] for s in squares),
+        "count": len(squares),
+        "pids": sorted({s["pid"] for s in squares}),
+    }
+
+
+#: x → x + 1 → (x + 1) * 2, three processes; OUT gets {"value", "pid"}.
+chain = PubSub(
+    Topic.IN.subscribe() | (lambda x: x + 1) | PLUS_ONE.publish(),
+    PLUS_ONE.subscribe() | (lambda x: x * 2) | DOUBLED.publish(),
+    DOUBLED.subscribe() | _tagged | Topic.OUT.publish(),
+)
+
+#: The same shape with a 0.2 s async step in the middle.
+slow_chain = PubSub(
+    Topic.IN.subscribe() | (lambda x: x + 1) | WORK.publish(),
+    WORK.subscribe() | _slow_double | DOUBLED.publish(),
+    DOUBLED.subscribe() | _tagged | Topic.OUT.publish(),
+)
+
+#: n → squares of 0..n-1 (one message each, 0.05 s apiece) → one join:
+#: {"sum", "count", "pids" of the workers that squared}.
+fan_out = PubSub(
+    Topic.IN.subscribe() | (lambda n: list(range(n))) | ITEMS.publish_each(),
+    ITEMS.subscribe() | _slow_square | SQUARES.publish(),
+    SQUARES.join() | _total | Topic.OUT.publish(),
+)
+
+
+def client(pubsub: PubSub, url: str, prefix: str, *, lease: float = 30.0) -> PubSub:
+    """``pubsub`` over Redis at ``url``/``prefix``, submitting its runs to workers."""
+    connection = RedisPubSubConnection.from_url(url, prefix=prefix, lease=lease)
+    return pubsub.with_connection(connection).with_workers()
