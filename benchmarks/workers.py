@@ -1,0 +1,264 @@
+"""Throughput of worker processes on Redis: ``python -m benchmarks.workers [--quick]``.
+
+Two comparisons, each measured in one run with rounds interleaved (A B, B A …):
+
+* **cpu** — a sync step burning ~20 ms in a pure-Python loop: runs/s with one
+  worker process vs two (``--concurrency 10`` each). Target: two workers ≥ 1.6×.
+* **io** — an async step awaiting ``anyio.sleep(0.05)``: runs/s of one worker
+  with ``--concurrency 100`` vs ``--concurrency 1``. Target ≥ 50×.
+
+Workers are real ``python -m permflow worker benchmarks.workers:cpu|io``
+subprocesses; the client (this process) submits each round with
+``PubSub.with_workers().abatch`` and checks every result. Each worker set has
+its own key prefix, deleted at the end. Redis is found at
+``PERMFLOW_BENCH_REDIS_URL`` or ``redis://127.0.0.1:6379/0``.
+
+``--quick`` runs one small round of each setup, checks the results and exits
+non-zero on a wrong one; it never judges speed. Unlike the rest of the
+package, this module imports permflow (workers load its PubSubs from here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from permflow import PubSub, RedisPubSubConnection, Topic
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_MS = 20.0
+IO_SECONDS = 0.05
+
+
+def burn(job: list[int]) -> int:
+    """``[i, loops]`` → ``i`` plus a checksum of a pure-Python loop (the CPU workload)."""
+    i, loops = job
+    acc = 0
+    for k in range(loops):
+        acc = (acc + k * k) % 1_000_003
+    return i * 1_000_003 + acc
+
+
+async def wait(i: int) -> int:
+    """The I/O workload: a 50 ms await."""
+    await anyio.sleep(IO_SECONDS)
+    return i + 1
+
+
+cpu = PubSub(Topic.IN.subscribe() | burn | Topic.OUT.publish())
+io = PubSub(Topic.IN.subscribe() | wait | Topic.OUT.publish())
+
+
+def loops_for(milliseconds: float) -> int:
+    """How many loop turns of ``burn`` take ``milliseconds`` here (best of 5)."""
+    probe = 200_000
+    best = min(_timed(lambda: burn([0, probe])) for _ in range(5))
+    return max(1000, int(probe * milliseconds / 1000 / best))
+
+
+def _timed(func: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
+@dataclass
+class Setup:
+    """One measured configuration: a worker set on its own prefix, and a client."""
+
+    label: str
+    target: str
+    workers: int
+    concurrency: int
+    runs: int
+    inputs: Callable[[int, int], list[Any]]
+    expect: Callable[[Any], Any]
+    rates: list[float] = field(default_factory=list)
+    prefix: str = field(default_factory=lambda: f"permflow-bench-{uuid.uuid4().hex[:10]}")
+
+
+@asynccontextmanager
+async def serving(setup: Setup, url: str) -> AsyncIterator[PubSub]:
+    """Start ``setup``'s workers, wait until they take work, yield a client; stop them after."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    processes: list[anyio.abc.Process] = []
+    connection = RedisPubSubConnection.from_url(url, prefix=setup.prefix)
+    pubsub = cpu if setup.target == "cpu" else io
+    try:
+        async with anyio.create_task_group() as tg:
+            for k in range(setup.workers):
+                name = f"{setup.label}-{k + 1}"
+                command = [
+                    sys.executable, "-m", "permflow", "worker", f"benchmarks.workers:{setup.target}",
+                    "--redis", url, "--prefix", setup.prefix, "--concurrency", str(setup.concurrency),
+                    "--name", name, "--log-level", "info",
+                ]  # fmt: skip
+                process = await anyio.open_process(command, cwd=ROOT, env=env, stdout=None)
+                processes.append(process)
+                started = anyio.Event()
+                tg.start_soon(_drain, process, f"worker {name} started", started)
+                with anyio.fail_after(30):
+                    await started.wait()
+            try:
+                yield pubsub.with_connection(connection).with_workers()
+            finally:
+                for process in processes:
+                    process.send_signal(signal.SIGTERM)
+                with anyio.move_on_after(15, shield=True):
+                    for process in processes:
+                        await process.wait()
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+        await _delete_keys(connection, url, setup.prefix)
+
+
+async def _drain(process: anyio.abc.Process, marker: str, seen: anyio.Event) -> None:
+    """Read a worker's log as it comes; set ``seen`` at the line containing ``marker``."""
+    assert process.stderr is not None
+    text = ""
+    async for chunk in process.stderr:
+        if not seen.is_set():
+            text += chunk.decode(errors="replace")
+            if marker in text:
+                seen.set()
+
+
+async def _delete_keys(connection: RedisPubSubConnection, url: str, prefix: str) -> None:
+    import redis.asyncio
+
+    await connection.aclose()
+    raw = redis.asyncio.Redis.from_url(url)
+    try:
+        keys = [key async for key in raw.scan_iter(match=f"{{{prefix}:*", count=1000)]
+        await raw.delete(f"{{{prefix}}}:work", *keys)
+    finally:
+        await raw.aclose()
+
+
+async def one_round(setup: Setup, client: PubSub, loops: int, *, timed: bool = True) -> None:
+    """One batch of ``setup.runs`` runs; every result is checked."""
+    inputs = setup.inputs(setup.runs, loops)
+    start = time.perf_counter()
+    results = await client.abatch(inputs)
+    elapsed = time.perf_counter() - start
+    for x, result in zip(inputs, results, strict=True):
+        if result != [setup.expect(x)]:
+            raise AssertionError(
+                f"{setup.label}: input {x!r} gave {result!r}, expected {[setup.expect(x)]!r}"
+            )
+    if timed:
+        setup.rates.append(setup.runs / elapsed)
+
+
+def _expect_cpu(job: list[int]) -> int:
+    return burn(job)
+
+
+def _setups(quick: bool) -> tuple[list[Setup], list[Setup]]:
+    def cpu_inputs(n: int, loops: int) -> list[Any]:
+        return [[i, loops] for i in range(n)]
+
+    def io_inputs(n: int, loops: int) -> list[Any]:
+        return list(range(n))
+
+    def io_expect(i: int) -> int:
+        return i + 1
+
+    scale = 0.2 if quick else 1.0
+    cpu_setups = [
+        Setup("cpu-1w", "cpu", 1, 10, int(60 * scale), cpu_inputs, _expect_cpu),
+        Setup("cpu-2w", "cpu", 2, 10, int(120 * scale), cpu_inputs, _expect_cpu),
+    ]
+    io_setups = [
+        Setup("io-c1", "io", 1, 1, int(40 * scale), io_inputs, io_expect),
+        Setup("io-c100", "io", 1, 100, int(600 * scale), io_inputs, io_expect),
+    ]
+    return cpu_setups, io_setups
+
+
+async def compare(pair: list[Setup], url: str, loops: int, rounds: int) -> None:
+    """Measure the two setups of ``pair`` with interleaved rounds (A B, B A, …)
+    after one untimed warm-up round each (imports, connections, threads)."""
+    a, b = pair
+    async with serving(a, url) as client_a, serving(b, url) as client_b:
+        clients = {a.label: client_a, b.label: client_b}
+        for setup in pair:
+            await one_round(setup, clients[setup.label], loops, timed=False)
+        for k in range(rounds):
+            for setup in (a, b) if k % 2 == 0 else (b, a):
+                await one_round(setup, clients[setup.label], loops)
+
+
+def report(pair: list[Setup], what: str, target: float, quick: bool) -> bool:
+    for setup in pair:
+        rates = setup.rates
+        print(
+            f"  {setup.label:8}  {setup.workers} worker(s) × concurrency {setup.concurrency:<3}  "
+            f"{statistics.median(rates):8.1f} runs/s  (range {min(rates):.1f}–{max(rates):.1f}, "
+            f"{len(rates)} rounds of {setup.runs})"
+        )
+    ratio = statistics.median(pair[1].rates) / statistics.median(pair[0].rates)
+    verdict = "" if quick else ("  ok" if ratio >= target else "  BELOW TARGET")
+    print(f"  {what}: {ratio:.2f}×  (target ≥ {target:g}×){verdict}")
+    return ratio >= target
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    rounds = 1 if args.quick else args.rounds
+    loops = loops_for(CPU_MS)
+    print(
+        f"permflow workers on {args.redis}, {os.cpu_count()} cores; "
+        f"cpu step: {loops} loop turns ≈ {CPU_MS:g} ms"
+    )
+    cpu_pair, io_pair = _setups(args.quick)
+    print("cpu-bound step (sync, ~20 ms):")
+    await compare(cpu_pair, args.redis, loops, rounds)
+    cpu_ok = report(cpu_pair, "2 workers vs 1", 1.6, args.quick)
+    print("i/o-bound step (await anyio.sleep(0.05)):")
+    await compare(io_pair, args.redis, loops, rounds)
+    io_ok = report(io_pair, "concurrency 100 vs 1", 50.0, args.quick)
+    if args.quick:
+        print("quick run: every result checked; speed not judged")
+    elif not (cpu_ok and io_ok):
+        print("some ratios are below their targets (see above)")
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.workers", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one small round each; check results only")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds per setup (default 5)")
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("PERMFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        metavar="URL",
+    )
+    args = parser.parse_args()
+    try:
+        code = anyio.run(main_async, args, backend="asyncio")
+    except AssertionError as exc:
+        print(f"wrong result: {exc}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
