@@ -1,0 +1,209 @@
+"""What every part of the Redis connection stands on: its settings, one client
+per event loop, the conversion of Redis failures, and the key layout of a run.
+
+Before any call, the deliveries a commit fetched ahead that nobody asked for go
+back (``_ready``), so every other call sees them as never fetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from .._errors import ConnectionFailedError
+from .._message import Message
+from .._serialization import Serializer, resolve_serializer
+from . import _redis_codec as codec
+from . import _redis_scripts as lua
+from ._base import PubSubConnection
+from ._redis_client import Bound
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["RedisCore"]
+
+_FOREVER_MS = 2**62
+
+
+class RedisCore(PubSubConnection):
+    """Settings, clients and keys shared by the parts of ``RedisPubSubConnection``."""
+
+    lease: float = 30.0
+    _url: str | None
+    _options: dict[str, Any]
+    _given: Redis | None
+    _where: str
+
+    def _configure(
+        self,
+        prefix: str,
+        lease: float,
+        serializer: str | Serializer,
+        ttl: float | None,
+        max_stream_length: int | None,
+    ) -> None:
+        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix must be a non-empty string without braces, got {prefix!r}")
+        if not lease > 0:
+            raise ValueError(f"lease must be a positive number of seconds (or math.inf), got {lease!r}")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
+        if max_stream_length is not None and max_stream_length < 1:
+            raise ValueError(f"max_stream_length must be at least 1 or None, got {max_stream_length!r}")
+        self.prefix = prefix
+        self.lease = float(lease)
+        self.serializer = resolve_serializer(serializer)
+        self.ttl = ttl
+        self.max_stream_length = max_stream_length
+        self._lease_ms = _FOREVER_MS if math.isinf(lease) else max(1, int(lease * 1000))
+        ttl_ms = 0 if ttl is None else max(1, int(ttl * 1000))
+        self._head = [ttl_ms, self.serializer.name, max_stream_length or 0]
+        self._bound: dict[asyncio.AbstractEventLoop, Bound] = {}
+        # state id -> topic -> the subscribe processes registered for it here, which
+        # is whom a driver fetches for after committing to that topic. None when
+        # the state id was registered with different process sets (no fetch-ahead).
+        self._readers: dict[str, dict[str, tuple[str, ...]] | None] = {}
+        self._lock = threading.Lock()
+        # worker -> entry ids of the claims this connection handed it and it has not
+        # finished: only these are renewed. A claim whose reply never reached its
+        # caller (cancelled mid-call) is not, so another worker takes it after the lease.
+        self._held: dict[str, set[str]] = {}
+        self._closed = False
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _client(self) -> Bound:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; make a new connection")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "RedisPubSubConnection works on asyncio only (redis-py has no trio support): "
+                "run async code on asyncio, or use the sync API (invoke, stream), which runs "
+                "on permflow's own asyncio loop"
+            ) from None
+        bound = self._bound.get(loop)
+        if bound is not None:
+            return bound
+        with self._lock:
+            for old in [lp for lp in self._bound if lp.is_closed()]:
+                del self._bound[old]
+            if self._given is not None:
+                if self._bound:
+                    raise RuntimeError(
+                        "this RedisPubSubConnection wraps a redis client bound to another event loop; "
+                        "use RedisPubSubConnection.from_url(...) to use it from several loops "
+                        "(for example async code and the sync invoke)"
+                    )
+                client = self._given
+            else:
+                import redis.asyncio
+
+                assert self._url is not None
+                options = {"max_connections": 100, "timeout": None, **self._options}
+                pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
+                client = redis.asyncio.Redis.from_pool(pool)
+            bound = self._bound[loop] = Bound(client, loop, own_pool=self._given is None)
+        return bound
+
+    @contextmanager
+    def _failures(self, doing: str) -> Iterator[None]:
+        from redis.exceptions import RedisError, ResponseError
+
+        try:
+            yield
+        except ResponseError as exc:
+            reason = str(exc).rstrip(".")
+            raise ConnectionFailedError(
+                f"Redis at {self._where} refused a command while {doing}: {reason}. A key under "
+                f"prefix {self.prefix!r} may have been written by another program: inspect it, "
+                "or delete the state id."
+            ) from exc
+        except (RedisError, OSError) as exc:
+            reason = str(exc).rstrip(".")
+            raise ConnectionFailedError(
+                f"Redis at {self._where} failed while {doing}: {type(exc).__name__}: {reason}. "
+                "Check that the server is running and reachable; the next call reconnects."
+            ) from exc
+
+    def _keys(self, state_id: str) -> tuple[list[str], list[Any]]:
+        base = f"{{{self.prefix}:{codec.escape(state_id)}}}"
+        keys = [f"{base}:log", f"{base}:n", f"{base}:reg", f"{base}:topics", f"{base}:chg"]
+        return keys, [base, *self._head]
+
+    def _encode(self, messages: Sequence[Message]) -> list[Any]:
+        return codec.encode(messages, self.serializer)
+
+    def _decode(self, key: str, entry_id: Any, fields: list[Any], state_id: str) -> Message:
+        return codec.decode(key, entry_id, fields, state_id, self.serializer)
+
+    async def _ready(self) -> Bound:
+        """This loop's client, after handing back deliveries fetched ahead that
+        their owner did not ask for."""
+        bound = self._client()
+        if bound.ahead:
+            ahead, bound.ahead = bound.ahead, {}
+            for (state_id, process, owner), (_, topic_raw, packed) in ahead.items():
+                if packed:
+                    await self._unfetch(bound, state_id, process, owner, codec.text(topic_raw), packed)
+        return bound
+
+    async def _unfetch(
+        self, bound: Bound, state_id: str, process: str, owner: str, topic: str, packed: bytes
+    ) -> None:
+        keys, args = self._keys(state_id)
+        args += (process, topic, owner, lua.RELEASED)
+        for entry_id, attempt, _ in codec.unpack_entries(packed):
+            args += (entry_id, int(attempt) - 1)
+        with self._failures(f"handing back deliveries of process {process!r} of state id {state_id!r}"):
+            await bound.run("UNFETCH", keys, args)
+
+    async def _read_log_from(self, state_id: str, start: str) -> list[Message]:
+        """The log of ``state_id`` from entry ``start`` (``-``: the first) on."""
+        keys, _ = self._keys(state_id)
+        bound = await self._ready()
+        messages: list[Message] = []
+        while True:
+            with self._failures(f"reading the log of state id {state_id!r}"):
+                batch = await bound.client.xrange(keys[0], min=start, max="+", count=1000)
+            messages += (self._decode(keys[0], eid, codec.flat(fields), state_id) for eid, fields in batch)
+            if len(batch) < 1000:
+                return messages
+            start = "(" + codec.text(batch[-1][0])
+
+    async def aclose(self) -> None:
+        """Close the clients this connection made (a client you passed in stays
+        open: it is yours). Using the connection afterwards raises."""
+        self._closed = True
+        with self._lock:
+            bound, self._bound = list(self._bound.values()), {}
+        if self._given is not None:
+            return
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # trio: no client can live on this loop
+            here = None
+        for b in bound:
+            if b.loop is here:
+                await b.client.aclose()
+            elif b.loop.is_running():  # e.g. the sync API's background loop
+                future = asyncio.run_coroutine_threadsafe(b.client.aclose(), b.loop)
+                try:
+                    await anyio.to_thread.run_sync(future.result, 5.0)
+                except Exception:
+                    future.cancel()  # that loop is busy or going away; its sockets close with it
+
+    def close(self) -> None:
+        """Sync twin of ``aclose``."""
+        from .._portal import run_sync
+
+        run_sync(self.aclose)

@@ -1,0 +1,225 @@
+"""The run protocol of the Redis connection: register, publish, fetch, commit,
+release, renew, outstanding, peek, wait for change, delete.
+
+Each state change is one script (``_redis_scripts``). A commit also fetches,
+for its owner, the readers of what it stored: the fetch the engine makes next
+then costs no round trip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextvars import ContextVar
+from typing import Any, NoReturn
+
+import anyio
+
+from .._errors import ConnectionFailedError, DefinitionError
+from .._message import Delivery, Message
+from .._serialization import CorruptEntryError
+from . import _redis_codec as codec
+from . import _redis_scripts as lua
+from ._base import Subscription
+from ._redis_client import Bound
+from ._redis_core import RedisCore
+
+__all__ = ["RedisRuns"]
+
+_SHIELD_SECONDS = 30.0
+_MAX_LEARNED = 4096
+# (connection id, state key, last change id seen) - read by wait_for_change.
+_seen: ContextVar[tuple[int, str, bytes] | None] = ContextVar("permflow_redis_seen", default=None)
+
+
+class RedisRuns(RedisCore):
+    """The run protocol of ``RedisPubSubConnection``."""
+
+    async def register(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
+        if not subscriptions:
+            return
+        keys, args = self._keys(state_id)
+        for sub in subscriptions:
+            args += (sub.process, ("j" if sub.join else "s") + sub.topic)
+        bound = await self._ready()
+        self._learn_readers(state_id, subscriptions)
+        with self._failures(f"registering processes of state id {state_id!r}"):
+            conflict = await bound.run("REGISTER", keys, args)
+        if conflict:
+            process, known = codec.text(conflict[0]), codec.text(conflict[1])
+            raise DefinitionError(
+                f"process {process!r} is registered in state {state_id!r} as reading topic "
+                f"{known[1:]!r}{' (join)' if known[0] == 'j' else ''}; it cannot now read another "
+                "topic or mode. Give the new chain another name."
+            )
+
+    def _learn_readers(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
+        readers: dict[str, tuple[str, ...]] = {}
+        for sub in subscriptions:
+            if not sub.join:
+                readers[sub.topic] = (*readers.get(sub.topic, ()), sub.process)
+        with self._lock:
+            known = self._readers.get(state_id, readers)
+            if len(self._readers) >= _MAX_LEARNED and state_id not in self._readers:
+                del self._readers[next(iter(self._readers))]
+            self._readers[state_id] = readers if known == readers else None
+
+    async def publish(self, state_id: str, messages: Sequence[Message]) -> list[Message]:
+        encoded = self._encode(messages)
+        if not messages:
+            return []
+        keys, args = self._keys(state_id)
+        bound = await self._ready()
+        with self._failures(f"publishing to state id {state_id!r}"):
+            ids = await bound.run("PUBLISH", keys, [*args, *encoded])
+        return codec.stored(state_id, messages, ids)
+
+    async def fetch(
+        self, state_id: str, process: str, *, owner: str, limit: int | None = None
+    ) -> list[Delivery]:
+        keys, args = self._keys(state_id)
+        bound = self._client()
+        ahead = bound.ahead.pop((state_id, process, owner), None) if limit is None else None
+        if ahead is not None:
+            mode, topic_raw, packed = ahead
+        else:
+            bound = await self._ready()
+            args += (process, owner, self._lease_ms, limit or 0, lua.RELEASED)
+            doing = f"fetching for process {process!r} of state id {state_id!r}"
+            # Shielded: once sent, the script hands deliveries to owner; a caller cancelled
+            # mid-flight must still learn of them, or they would wait out the lease.
+            with self._failures(doing), anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + _SHIELD_SECONDS
+                mode, topic_raw, packed = await bound.run("FETCH", keys, args)
+            if scope.cancelled_caught:
+                raise ConnectionFailedError(
+                    f"Redis at {self._where} did not answer within {_SHIELD_SECONDS}s while {doing}"
+                )
+        mode = codec.text(mode)
+        if mode == "?":
+            raise KeyError(f"process {process!r} is not registered in state id {state_id!r}")
+        if not packed:
+            return []
+        entries = codec.unpack_entries(packed)
+        topic = codec.text(topic_raw)
+        stream = f"{args[0]}:t:{topic}"
+        messages: list[Message] = []
+        bad: list[tuple[Any, CorruptEntryError]] = []
+        for entry_id, _, fields in entries:
+            try:
+                messages.append(self._decode(stream, entry_id, fields, state_id))
+            except CorruptEntryError as exc:
+                bad.append((entry_id, exc))
+        if bad:
+            await self._set_aside(bound, state_id, process, topic, entries, bad)
+        ids = tuple(codec.text(e[0]) for e in entries)
+        attempts = [int(e[1]) for e in entries]
+        if mode == "j":
+            return [Delivery(state_id, process, tuple(messages), max(attempts), (topic, ids))]
+        return [
+            Delivery(state_id, process, (m,), a, (topic, (i,)))
+            for m, a, i in zip(messages, attempts, ids, strict=True)
+        ]
+
+    async def _set_aside(
+        self,
+        bound: Bound,
+        state_id: str,
+        process: str,
+        topic: str,
+        entries: list[Any],
+        bad: list[tuple[Any, CorruptEntryError]],
+    ) -> NoReturn:
+        """Ack unreadable entries (so they fail one run, not every run), hand the
+        readable ones of the same fetch back as they were, and raise."""
+        keys, args = self._keys(state_id)
+        skipped = {codec.text(eid) for eid, _ in bad}
+        good = [(e[0], int(e[1]) - 1) for e in entries if codec.text(e[0]) not in skipped]
+        args += (process, topic, lua.RELEASED, len(bad), *(eid for eid, _ in bad))
+        args += (x for pair in good for x in pair)
+        stream = f"{args[0]}:t:{topic}"
+        with self._failures(f"setting aside unreadable entries of {stream!r}"):
+            await bound.run("SKIP", keys, args)
+        first_id, first = bad[0]
+        more = f" ({len(bad) - 1} more like it)" if len(bad) > 1 else ""
+        raise CorruptEntryError(
+            f"{first}{more}. Process {process!r} of state id {state_id!r} skipped it; it stays in "
+            f"the stream for inspection (XRANGE {stream} {codec.text(first_id)} {codec.text(first_id)}). "
+            "Invoke again to carry on without it."
+        ) from first.__cause__
+
+    async def commit(
+        self, delivery: Delivery, messages: Sequence[Message], *, owner: str
+    ) -> list[Message] | None:
+        encoded = self._encode(messages)
+        state_id = delivery.state_id
+        topic, ids = delivery.handle
+        order = sorted(ids, key=codec.id_key)
+        keys, args = self._keys(state_id)
+        args += (delivery.process, topic, owner, order[0], order[-1], len(ids), *ids, *encoded)
+        readers = self._readers.get(state_id)
+        follow: tuple[str, ...] = ()
+        if readers and messages:
+            topics = dict.fromkeys(m.topic for m in messages)
+            follow = tuple(dict.fromkeys(p for t in topics for p in readers.get(t, ())))
+        args += (self._lease_ms, lua.RELEASED, len(follow), *follow)
+        bound = await self._ready()
+        with self._failures(f"committing for process {delivery.process!r} of state id {state_id!r}"):
+            reply = await bound.run("COMMIT", keys, args)
+        if reply is None:
+            return None
+        for k, process in enumerate(follow):
+            key = (state_id, process, owner)
+            mode, topic_raw, packed = reply[1 + 3 * k], reply[2 + 3 * k], reply[3 + 3 * k]
+            earlier = bound.ahead.get(key)
+            if earlier is not None and earlier[2]:
+                # another commit of this owner fetched ahead first: keep both, in order
+                packed = bytes(earlier[2]) + bytes(packed or b"")
+            bound.ahead[key] = (mode, topic_raw, packed)
+        return codec.stored(state_id, messages, reply[0])
+
+    async def release(self, state_id: str, owner: str) -> None:
+        keys, args = self._keys(state_id)
+        bound = await self._ready()
+        with self._failures(f"releasing deliveries of state id {state_id!r}"):
+            await bound.run("RELEASE", keys, [*args, owner, lua.RELEASED])
+
+    async def renew(self, state_id: str, owner: str) -> None:
+        keys, args = self._keys(state_id)
+        bound = await self._ready()
+        with self._failures(f"renewing leases of state id {state_id!r}"):
+            await bound.run("RENEW", keys, [*args, owner])
+
+    async def outstanding(self, state_id: str, processes: Sequence[str]) -> dict[str, int]:
+        keys, args = self._keys(state_id)
+        bound = await self._ready()
+        names = list(dict.fromkeys(processes))
+        with self._failures(f"counting outstanding messages of state id {state_id!r}"):
+            last, *counts = await bound.run("OUTSTANDING", keys, [*args, *names])
+        _seen.set((id(self), args[0], last or b"0-0"))
+        return {name: max(0, int(n or 0)) for name, n in zip(names, counts, strict=True)} | {
+            p: 0 for p in processes if p not in names
+        }
+
+    async def apeek(self, state_id: str) -> list[Message]:
+        return await self._read_log_from(state_id, "-")
+
+    async def wait_for_change(self, state_id: str, max_seconds: float) -> None:
+        if max_seconds <= 0:
+            return
+        keys, args = self._keys(state_id)
+        seen = _seen.get()
+        since = seen[2] if seen is not None and seen[:2] == (id(self), args[0]) else b"$"
+        block = 0 if math.isinf(max_seconds) else max(1, int(max_seconds * 1000))
+        bound = await self._ready()
+        with self._failures(f"waiting for changes of state id {state_id!r}"):
+            reply = await bound.client.xread({keys[4]: since}, count=1, block=block)
+        if reply:
+            _seen.set((id(self), args[0], reply[0][1][-1][0]))
+
+    async def adelete(self, state_id: str) -> None:
+        keys, args = self._keys(state_id)
+        bound = await self._ready()
+        self._readers.pop(state_id, None)
+        with self._failures(f"deleting state id {state_id!r}"):
+            await bound.run("DELETE", keys, args)

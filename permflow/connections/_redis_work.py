@@ -1,0 +1,196 @@
+"""Work distribution on the Redis connection: announce, claim, renew and finish
+claims, failure and stop marks, and the inspection of the runs under a prefix.
+
+Announcements are entries of one stream per prefix, read by the consumer group
+"workers"; a claim is an entry pending for its worker, held under ``lease``
+like deliveries. Failure and stop marks live with the state id.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import cast
+
+from .._message import Message
+from .._serialization import CorruptEntryError
+from . import _redis_codec as codec
+from ._base import Claim
+from ._redis_core import RedisCore
+
+__all__ = ["RedisWork"]
+
+_GROUP = "workers"
+_ENTRY_ID = re.compile(r"\d+(-\d+)?")
+
+
+class RedisWork(RedisCore):
+    """The work distribution and inspection of ``RedisPubSubConnection``."""
+
+    async def read_log(self, state_id: str, after: str | None) -> list[Message]:
+        if after is None:
+            return await self.apeek(state_id)
+        if not _ENTRY_ID.fullmatch(after):
+            raise ValueError(
+                f"after must be a message id of state id {state_id!r} (like '1700000000000-0'), got {after!r}"
+            )
+        return await self._read_log_from(state_id, "(" + after)
+
+    def _work_key(self) -> str:
+        return f"{{{self.prefix}}}:work"
+
+    def _mark_key(self, state_id: str, mark: str) -> str:
+        return f"{{{self.prefix}:{codec.escape(state_id)}}}:{mark}"
+
+    async def announce(self, state_id: str) -> None:
+        bound = await self._ready()
+        # Two slots (the state id's, the work stream's): one round trip, not one script.
+        pipe = bound.client.pipeline(transaction=False)
+        pipe.delete(self._mark_key(state_id, "failed"), self._mark_key(state_id, "stop"))
+        pipe.xadd(self._work_key(), {"s": state_id.encode()})
+        with self._failures(f"announcing state id {state_id!r} to workers"):
+            await pipe.execute()
+
+    async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r} (worker {worker!r})")
+        work = self._work_key()
+        lease = 0 if math.isinf(self.lease) else self._lease_ms
+        bound = await self._ready()
+        doing = f"claiming announced state ids for worker {worker!r}"
+        with self._failures(doing):
+            entries = await bound.run("CLAIM", [work], [_GROUP, worker, lease, limit])
+        if not entries and max_seconds > 0:
+            block = 0 if math.isinf(max_seconds) else max(1, int(max_seconds * 1000))
+            # Through the pool, not the batching runner: the read blocks only this caller.
+            with self._failures(doing):
+                reply = await bound.client.xreadgroup(_GROUP, worker, {work: ">"}, count=limit, block=block)
+            entries = [entry for _, batch in codec.streams(reply) for entry in batch]
+        claims, ids = [], []
+        for entry_id, fields in entries:
+            flat = codec.flat(fields)
+            found = {codec.text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
+            ids.append(codec.text(entry_id))
+            claims.append(Claim(codec.text(found.get("s", b"")), (worker, ids[-1])))
+        if ids:
+            with self._lock:
+                self._held.setdefault(worker, set()).update(ids)
+        return claims
+
+    async def renew_claims(self, worker: str) -> None:
+        with self._lock:
+            held = sorted(self._held.get(worker, ()))
+        if not held:
+            return
+        bound = await self._ready()
+        with self._failures(f"renewing the claims of worker {worker!r}"):
+            await bound.run("RENEW_CLAIMS", [self._work_key()], [_GROUP, worker, *held])
+
+    async def finish(self, claim: Claim, *, hand_back: bool = False) -> None:
+        worker, entry_id = cast(tuple[str, str], claim.handle)
+        with self._lock:
+            held = self._held.get(worker)
+            if held is not None:
+                held.discard(entry_id)
+                if not held:
+                    del self._held[worker]
+        bound = await self._ready()
+        with self._failures(f"finishing the claim of worker {worker!r} on state id {claim.state_id!r}"):
+            await bound.run("FINISH", [self._work_key()], [_GROUP, worker, entry_id, int(hand_back)])
+
+    async def _mark(self, state_id: str, mark: str, value: bytes, doing: str) -> None:
+        keys, args = self._keys(state_id)
+        bound = await self._ready()
+        with self._failures(doing):
+            await bound.run("MARK", [*keys, self._mark_key(state_id, mark)], [*args, value])
+
+    async def mark_failed(self, state_id: str, record: dict[str, object]) -> None:
+        try:
+            value = json.dumps(record, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"the failure record of state id {state_id!r} must be JSON-compatible "
+                f"(str, numbers, lists, dicts): {exc}"
+            ) from exc
+        await self._mark(state_id, "failed", value, f"marking state id {state_id!r} failed")
+
+    async def failure(self, state_id: str) -> dict[str, object] | None:
+        bound = await self._ready()
+        with self._failures(f"reading the failure of state id {state_id!r}"):
+            raw = await bound.client.get(self._mark_key(state_id, "failed"))
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise CorruptEntryError(
+                f"Redis key {self._mark_key(state_id, 'failed')!r} does not hold a permflow failure "
+                "record; something else wrote to it"
+            )
+        return record
+
+    async def request_stop(self, state_id: str) -> None:
+        await self._mark(state_id, "stop", b"1", f"asking the workers to stop state id {state_id!r}")
+
+    async def stop_requested(self, state_id: str) -> bool:
+        bound = await self._ready()
+        with self._failures(f"checking for a stop request of state id {state_id!r}"):
+            return bool(await bound.client.exists(self._mark_key(state_id, "stop")))
+
+    async def arun_summaries(self) -> list[dict[str, object]]:
+        """One summary per state id under the prefix, most recently updated first:
+        ``state_id``, ``outstanding`` (messages not yet acked, over its processes)
+        and ``updated_at`` (epoch seconds of its last change, 0.0 if unknown)."""
+        state_ids = await self.astate_ids()
+        bound = self._client()
+        summaries: list[dict[str, object]] = []
+        for start in range(0, len(state_ids), 500):
+            chunk = state_ids[start : start + 500]
+            pipe = bound.client.pipeline(transaction=False)
+            for state_id in chunk:
+                keys, _ = self._keys(state_id)
+                pipe.hvals(keys[1])
+                pipe.xrevrange(keys[4], count=1)
+                pipe.xrevrange(keys[0], count=1)
+            with self._failures(f"summarising runs under prefix {self.prefix!r}"):
+                replies = await pipe.execute()
+            for k, state_id in enumerate(chunk):
+                counts, *lasts = replies[3 * k : 3 * k + 3]
+                stamps = [codec.id_key(codec.text(last[0][0]))[0] for last in lasts if last]
+                summaries.append(
+                    {
+                        "state_id": state_id,
+                        "outstanding": sum(max(0, int(n)) for n in counts),
+                        "updated_at": max(stamps, default=0) / 1000,
+                    }
+                )
+        summaries.sort(key=lambda s: cast(float, s["updated_at"]), reverse=True)
+        return summaries
+
+    def run_summaries(self) -> list[dict[str, object]]:
+        """Sync twin of ``arun_summaries``."""
+        from .._portal import run_sync
+
+        return run_sync(self.arun_summaries)
+
+    async def astate_ids(self) -> list[str]:
+        """State ids with keys under this prefix (SCAN, for inspection)."""
+        bound = self._client()
+        start = f"{{{self.prefix}:"
+        pattern = codec.glob_escape(start) + "*"
+        found: set[str] = set()
+        with self._failures(f"listing state ids under prefix {self.prefix!r}"):
+            async for key in bound.client.scan_iter(match=pattern, count=500):
+                text = codec.text(key)
+                if text.startswith(start) and "}" in text:
+                    found.add(codec.unescape(text[len(start) : text.index("}")]))
+        return sorted(found)
+
+    def state_ids(self) -> list[str]:
+        """Sync twin of ``astate_ids``."""
+        from .._portal import run_sync
+
+        return run_sync(self.astate_ids)
