@@ -14,28 +14,29 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from . import _redis_scripts as lua
+from . import _redis_work_scripts as work_lua
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 __all__ = ["Bound"]
 
-_NAMES = (
-    "REGISTER",
-    "PUBLISH",
-    "COMMIT",
-    "FETCH",
-    "RENEW",
-    "RELEASE",
-    "SKIP",
-    "UNFETCH",
-    "OUTSTANDING",
-    "DELETE",
-    "MARK",
-    "CLAIM",
-    "RENEW_CLAIMS",
-    "FINISH",
-)
+_SCRIPTS = {
+    "REGISTER": lua.REGISTER,
+    "PUBLISH": lua.PUBLISH,
+    "COMMIT": lua.COMMIT,
+    "FETCH": lua.FETCH,
+    "RENEW": lua.RENEW,
+    "RELEASE": lua.RELEASE,
+    "SKIP": lua.SKIP,
+    "UNFETCH": lua.UNFETCH,
+    "OUTSTANDING": lua.OUTSTANDING,
+    "DELETE": lua.DELETE,
+    "MARK": lua.MARK,
+    "CLAIM": work_lua.CLAIM,
+    "RENEW_CLAIMS": work_lua.RENEW_CLAIMS,
+    "FINISH": work_lua.FINISH,
+}
 
 _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
 
@@ -46,7 +47,7 @@ class Bound:
     def __init__(self, client: Redis, loop: asyncio.AbstractEventLoop, *, own_pool: bool) -> None:
         self.client: Any = client  # replies are parsed by hand by the connection
         self.loop = loop
-        self.scripts = {name: client.register_script(getattr(lua, name)) for name in _NAMES}
+        self.scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
         # (state id, process, owner) -> FETCH reply a commit fetched ahead. The engine
         # asks for it right after the commit returns, before this loop runs anything
         # else; whatever is still here at any other call was not wanted.

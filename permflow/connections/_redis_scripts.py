@@ -21,20 +21,18 @@ Inflight deliveries are the pending-entries lists of the consumer groups; the
 consumer is the owner string. Released deliveries move to the consumer
 ``RELEASED`` so any owner can take them at once.
 
-Work for workers lives apart, in one stream per prefix, ``{prefix}:work`` (its
-own hash tag): one entry ``s <state id>`` per announcement, read by the consumer
-group ``workers`` (one consumer per worker). The scripts ``CLAIM``,
-``RENEW_CLAIMS`` and ``FINISH`` get ``KEYS = [work]`` and touch nothing else.
+Work distribution has scripts of its own (``_redis_work_scripts``); the marks
+``B:failed`` and ``B:stop`` are set here (``MARK``) and deleted with the run.
 """
 
 from __future__ import annotations
 
+from ._redis_script_lib import FETCH_LIB, PRELUDE, STORE_LIB
+
 __all__ = [
-    "CLAIM",
     "COMMIT",
     "DELETE",
     "FETCH",
-    "FINISH",
     "MARK",
     "OUTSTANDING",
     "PUBLISH",
@@ -42,198 +40,15 @@ __all__ = [
     "RELEASE",
     "RELEASED",
     "RENEW",
-    "RENEW_CLAIMS",
     "SKIP",
     "UNFETCH",
 ]
 
 RELEASED = "permflow:released"
 
-_PRELUDE = """
-local base, ttl, fmt, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local LOG, COUNT, REG, TOPICS, CHG = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local ALL = 1000000000
-local function tkey(topic) return base .. ':t:' .. topic end
-local function rkey(topic) return base .. ':r:' .. topic end
-local function touch()
-  if ttl <= 0 then return end
-  for _, k in ipairs(KEYS) do redis.call('PEXPIRE', k, ttl) end
-  for _, topic in ipairs(redis.call('SMEMBERS', TOPICS)) do
-    redis.call('PEXPIRE', tkey(topic), ttl)
-    redis.call('PEXPIRE', rkey(topic), ttl)
-  end
-end
-local function changed()
-  redis.call('XADD', CHG, 'MAXLEN', '~', 32, '*', 'c', '')
-end
-local function uncount(process, n)
-  if redis.call('HINCRBY', COUNT, process, -n) < 0 then redis.call('HSET', COUNT, process, 0) end
-end
-local function chunks(list, size, fn)
-  for i = 1, #list, size do fn({unpack(list, i, math.min(i + size - 1, #list))}) end
-end
-local function claim(stream, process, consumer, ids, tail)
-  local args = {'XCLAIM', stream, process, consumer, 0}
-  for _, id in ipairs(ids) do args[#args + 1] = id end
-  for _, a in ipairs(tail) do args[#args + 1] = a end
-  return redis.call(unpack(args))
-end
-local function owned(stream, process, owner)
-  local held = redis.pcall('XPENDING', stream, process, '-', '+', ALL, owner)
-  local ids = {}
-  if held.err then return ids end
-  for _, p in ipairs(held) do ids[#ids + 1] = p[1] end
-  return ids
-end
-"""
-
-_STORE = """
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function before(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  return am < bm or (am == bm and as < bs)
-end
--- Trim a topic stream only below what every reader has finished with.
-local function trim(stream)
-  if redis.call('XLEN', stream) <= maxlen then return end
-  local groups = redis.call('XINFO', 'GROUPS', stream)
-  if #groups == 0 then
-    redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
-    return
-  end
-  local keep
-  for _, g in ipairs(groups) do
-    local info = {}
-    for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
-    local need
-    if tonumber(info['pending']) > 0 then
-      need = redis.call('XPENDING', stream, info['name'])[2]
-    else
-      local ms, seq = parse(info['last-delivered-id'])
-      need = string.format('%.0f-%.0f', ms, seq + 1)
-    end
-    if keep == nil or before(need, keep) then keep = need end
-  end
-  redis.call('XTRIM', stream, 'MINID', '~', keep)
-end
--- ARGV[i] = message count, then per message: topic, payload, published_at, depth, trail.
--- Readers in ``recount`` are not counted here: their fetch that follows sets their count.
-local function store(i, recount)
-  local ids = {}
-  for m = 0, tonumber(ARGV[i]) - 1 do
-    local j = i + 1 + m * 5
-    local topic = ARGV[j]
-    local fields = {'t', topic, 'p', ARGV[j + 2], 'd', ARGV[j + 3], 'r', ARGV[j + 4],
-                    's', fmt, 'v', ARGV[j + 1]}
-    local id
-    if maxlen > 0 then
-      id = redis.call('XADD', LOG, 'MAXLEN', '~', maxlen, '*', unpack(fields))
-    else
-      id = redis.call('XADD', LOG, '*', unpack(fields))
-    end
-    local stream = tkey(topic)
-    redis.call('XADD', stream, '*', 'l', id, unpack(fields))
-    local readers = redis.call('SMEMBERS', rkey(topic))
-    -- A topic with readers was added to TOPICS when they registered.
-    if #readers == 0 then redis.call('SADD', TOPICS, topic) end
-    for _, reader in ipairs(readers) do
-      if not recount[reader] then redis.call('HINCRBY', COUNT, reader, 1) end
-    end
-    if maxlen > 0 then trim(stream) end
-    ids[#ids + 1] = id
-  end
-  return ids
-end
-"""
-
-_FETCH = """
--- Hand owner what process has not finished: released or lease-expired entries
--- first, then new ones. Returns {mode, topic, packed entries}; mode '-' =
--- unknown state, '?' = unknown process, 's' or 'j'.
-local function fetch(process, owner, lease, limit, released)
-  local spec = redis.call('HGET', REG, process)
-  if not spec then
-    if redis.call('EXISTS', REG) == 0 then return {'-', '', ''} end
-    return {'?', '', ''}
-  end
-  local mode, topic = string.sub(spec, 1, 1), string.sub(spec, 2)
-  local stream = tkey(topic)
-  local room = -1
-  if limit > 0 and mode == 's' then room = limit end
-  local out = {}
-  local summary = redis.call('XPENDING', stream, process)
-  local others = {}
-  local any = false
-  if summary[4] then
-    for _, h in ipairs(summary[4]) do
-      if h[1] ~= owner then others[h[1]] = tonumber(h[2]); any = true end
-    end
-  end
-  if any and room ~= 0 then
-    local ids, attempts, taken = {}, {}, {}
-    for _, p in ipairs(redis.call('XPENDING', stream, process, '-', '+', summary[1])) do
-      if room > 0 and #ids >= room then break end
-      local who = p[2]
-      if who == released or (who ~= owner and p[3] >= lease) then
-        ids[#ids + 1] = p[1]
-        attempts[p[1]] = p[4] + 1
-        taken[who] = (taken[who] or 0) + 1
-      end
-    end
-    chunks(ids, 500, function(part)
-      for _, e in ipairs(claim(stream, process, owner, part, {})) do
-        if e then out[#out + 1] = {e[1], attempts[e[1]], e[2]} end
-      end
-    end)
-    for who, n in pairs(taken) do
-      if others[who] == n then redis.call('XGROUP', 'DELCONSUMER', stream, process, who) end
-    end
-  end
-  local exhausted = false
-  local fresh = 0
-  local left = room
-  if room > 0 then left = room - #out end
-  if left ~= 0 then
-    local r
-    if left > 0 then
-      r = redis.call('XREADGROUP', 'GROUP', process, owner, 'COUNT', left, 'STREAMS', stream, '>')
-    else
-      r = redis.call('XREADGROUP', 'GROUP', process, owner, 'STREAMS', stream, '>')
-    end
-    local got = 0
-    if r then
-      for _, e in ipairs(r[1][2]) do out[#out + 1] = {e[1], 1, e[2]}; got = got + 1 end
-    end
-    fresh = got
-    exhausted = left < 0 or got < left
-  end
-  if exhausted then
-    -- Nothing unread is left: outstanding is exactly what is pending (self-healing count).
-    -- Claims only move entries between consumers, so pending grew by what was read.
-    redis.call('HSET', COUNT, process, tonumber(summary[1]) + fresh)
-  end
-  if #out == 0 then return {mode, topic, ''} end
-  touch()
-  -- One length-prefixed string ('<len>:<bytes>' pieces: id, attempt, field count,
-  -- fields...) per fetch: far cheaper for the client to parse than nested arrays.
-  local parts = {}
-  local function put(s) parts[#parts + 1] = #s .. ':' .. s end
-  for _, e in ipairs(out) do
-    local fields = e[3] or {}
-    put(e[1]); put(tostring(e[2])); put(tostring(#fields))
-    for _, f in ipairs(fields) do put(f) end
-  end
-  return {mode, topic, table.concat(parts)}
-end
-"""
-
 # ARGV[5..]: pairs (process, 's'|'j' .. topic). Returns {} or {process, known spec}.
 REGISTER = (
-    _PRELUDE
+    PRELUDE
     + """
 local names = {}
 for i = 5, #ARGV, 2 do names[#names + 1] = ARGV[i] end
@@ -285,8 +100,8 @@ return {}
 )
 
 PUBLISH = (
-    _PRELUDE
-    + _STORE
+    PRELUDE
+    + STORE_LIB
     + """
 local ids = store(5, {})
 changed()
@@ -301,9 +116,9 @@ return ids
 # fetch reply (mode, topic, packed)}: the readers of what was just stored are
 # fetched for owner in the same round trip, as its next fetch would.
 COMMIT = (
-    _PRELUDE
-    + _STORE
-    + _FETCH
+    PRELUDE
+    + STORE_LIB
+    + FETCH_LIB
     + """
 local process, topic, owner = ARGV[5], ARGV[6], ARGV[7]
 local n = tonumber(ARGV[10])
@@ -336,8 +151,8 @@ return reply
 
 # ARGV[5..]: process, owner, lease_ms, limit (0 = none), released consumer.
 FETCH = (
-    _PRELUDE
-    + _FETCH
+    PRELUDE
+    + FETCH_LIB
     + """
 return fetch(ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9])
 """
@@ -346,7 +161,7 @@ return fetch(ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9])
 # ARGV[5..]: processes. Returns {last change id or '', then each process's
 # count of messages not yet acked}, read together.
 OUTSTANDING = (
-    _PRELUDE
+    PRELUDE
     + """
 local last = redis.call('XREVRANGE', CHG, '+', '-', 'COUNT', 1)
 local reply = {''}
@@ -358,7 +173,7 @@ return reply
 
 # ARGV[5]: owner. Restarts the idle clock of every delivery owner holds.
 RENEW = (
-    _PRELUDE
+    PRELUDE
     + """
 local owner = ARGV[5]
 local specs = redis.call('HGETALL', REG)
@@ -375,7 +190,7 @@ return 1
 
 # ARGV[5..]: owner, released consumer. Hands owner's deliveries back at once.
 RELEASE = (
-    _PRELUDE
+    PRELUDE
     + """
 local owner, released = ARGV[5], ARGV[6]
 local specs = redis.call('HGETALL', REG)
@@ -400,7 +215,7 @@ return moved
 # (id, delivery count before this fetch) of the good ones. Acks the unreadable
 # entries and hands the good ones back untouched, after a fetch that met garbage.
 SKIP = (
-    _PRELUDE
+    PRELUDE
     + """
 local process, stream, released, n = ARGV[5], tkey(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local bad = {}
@@ -419,7 +234,7 @@ return acked
 # count before it was fetched). Hands fetched-ahead deliveries nobody asked for
 # back as if never fetched, if owner still holds them.
 UNFETCH = (
-    _PRELUDE
+    PRELUDE
     + """
 local process, stream, owner, released = ARGV[5], tkey(ARGV[6]), ARGV[7], ARGV[8]
 local moved = 0
@@ -436,7 +251,7 @@ return moved
 )
 
 DELETE = (
-    _PRELUDE
+    PRELUDE
     + """
 for _, topic in ipairs(redis.call('SMEMBERS', TOPICS)) do
   redis.call('DEL', tkey(topic), rkey(topic))
@@ -448,87 +263,11 @@ return redis.call('DEL', LOG, COUNT, REG, TOPICS, CHG, base .. ':failed', base .
 # KEYS[6]: the mark (B:failed or B:stop); ARGV[5]: its value. Sets it (with the
 # ttl, if any) and records a change, so wait_for_change wakes.
 MARK = (
-    _PRELUDE
+    PRELUDE
     + """
 redis.call('SET', KEYS[6], ARGV[5])
 changed()
 touch()
-return 1
-"""
-)
-
-_WORK = """
-local WORK, GROUP, ALL = KEYS[1], ARGV[1], 1000000000
-"""
-
-# ARGV: group, worker, lease_ms (0: never reclaim), limit. Creates the group if
-# needed, then hands worker the entries of workers silent for lease, then new
-# ones. Returns {id, fields} entries.
-CLAIM = (
-    _WORK
-    + """
-local worker, lease, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.pcall('XGROUP', 'CREATE', WORK, GROUP, '0', 'MKSTREAM')
-local out = {}
-if lease > 0 then
-  local cursor = '0-0'
-  for _ = 1, 10 do
-    local r = redis.call('XAUTOCLAIM', WORK, GROUP, worker, lease, cursor, 'COUNT', limit - #out)
-    for _, e in ipairs(r[2]) do
-      if e and e[2] then out[#out + 1] = e end
-    end
-    cursor = r[1]
-    if cursor == '0-0' or #out >= limit then break end
-  end
-end
-if #out < limit then
-  local r = redis.call('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', limit - #out, 'STREAMS', WORK, '>')
-  if r then
-    for _, e in ipairs(r[1][2]) do out[#out + 1] = e end
-  end
-end
-return out
-"""
-)
-
-# ARGV: group, worker, entry ids. Restarts the idle clock of those entries
-# that worker still holds (one lost to another worker stays lost).
-RENEW_CLAIMS = (
-    _WORK
-    + """
-local worker = ARGV[2]
-local wanted = {}
-for k = 3, #ARGV do wanted[ARGV[k]] = true end
-local held = redis.pcall('XPENDING', WORK, GROUP, '-', '+', ALL, worker)
-if held.err then return 0 end
-local ids = {}
-for _, p in ipairs(held) do
-  if wanted[p[1]] then ids[#ids + 1] = p[1] end
-end
-for i = 1, #ids, 500 do
-  local args = {'XCLAIM', WORK, GROUP, worker, 0}
-  for k = i, math.min(i + 499, #ids) do args[#args + 1] = ids[k] end
-  args[#args + 1] = 'IDLE'
-  args[#args + 1] = 0
-  args[#args + 1] = 'JUSTID'
-  redis.call(unpack(args))
-end
-return #ids
-"""
-)
-
-# ARGV: group, worker, entry id, '1' to hand back. If worker still holds the
-# entry: ack and delete it, and with hand back add it again for any worker.
-FINISH = (
-    _WORK
-    + """
-local worker, id, hand_back = ARGV[2], ARGV[3], ARGV[4] == '1'
-local held = redis.pcall('XPENDING', WORK, GROUP, id, id, 1, worker)
-if held.err or #held == 0 then return 0 end
-local entry = redis.call('XRANGE', WORK, id, id)
-redis.call('XACK', WORK, GROUP, id)
-redis.call('XDEL', WORK, id)
-if hand_back and entry[1] then redis.call('XADD', WORK, '*', unpack(entry[1][2])) end
 return 1
 """
 )

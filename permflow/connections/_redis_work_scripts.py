@@ -1,0 +1,88 @@
+"""Lua scripts of work distribution on the Redis connection.
+
+Work for workers lives apart from the runs, in one stream per prefix,
+``{prefix}:work`` (its own hash tag): one entry ``s <state id>`` per
+announcement, read by the consumer group ``workers`` (one consumer per worker).
+The scripts get ``KEYS = [work]`` and ``ARGV = [group, worker, ...]`` and touch
+nothing else.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLAIM", "FINISH", "RENEW_CLAIMS"]
+
+_WORK = """
+local WORK, GROUP, ALL = KEYS[1], ARGV[1], 1000000000
+"""
+
+# ARGV: group, worker, lease_ms (0: never reclaim), limit. Creates the group if
+# needed, then hands worker the entries of workers silent for lease, then new
+# ones. Returns {id, fields} entries.
+CLAIM = (
+    _WORK
+    + """
+local worker, lease, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.pcall('XGROUP', 'CREATE', WORK, GROUP, '0', 'MKSTREAM')
+local out = {}
+if lease > 0 then
+  local cursor = '0-0'
+  for _ = 1, 10 do
+    local r = redis.call('XAUTOCLAIM', WORK, GROUP, worker, lease, cursor, 'COUNT', limit - #out)
+    for _, e in ipairs(r[2]) do
+      if e and e[2] then out[#out + 1] = e end
+    end
+    cursor = r[1]
+    if cursor == '0-0' or #out >= limit then break end
+  end
+end
+if #out < limit then
+  local r = redis.call('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', limit - #out, 'STREAMS', WORK, '>')
+  if r then
+    for _, e in ipairs(r[1][2]) do out[#out + 1] = e end
+  end
+end
+return out
+"""
+)
+
+# ARGV: group, worker, entry ids. Restarts the idle clock of those entries
+# that worker still holds (one lost to another worker stays lost).
+RENEW_CLAIMS = (
+    _WORK
+    + """
+local worker = ARGV[2]
+local wanted = {}
+for k = 3, #ARGV do wanted[ARGV[k]] = true end
+local held = redis.pcall('XPENDING', WORK, GROUP, '-', '+', ALL, worker)
+if held.err then return 0 end
+local ids = {}
+for _, p in ipairs(held) do
+  if wanted[p[1]] then ids[#ids + 1] = p[1] end
+end
+for i = 1, #ids, 500 do
+  local args = {'XCLAIM', WORK, GROUP, worker, 0}
+  for k = i, math.min(i + 499, #ids) do args[#args + 1] = ids[k] end
+  args[#args + 1] = 'IDLE'
+  args[#args + 1] = 0
+  args[#args + 1] = 'JUSTID'
+  redis.call(unpack(args))
+end
+return #ids
+"""
+)
+
+# ARGV: group, worker, entry id, '1' to hand back. If worker still holds the
+# entry: ack and delete it, and with hand back add it again for any worker.
+FINISH = (
+    _WORK
+    + """
+local worker, id, hand_back = ARGV[2], ARGV[3], ARGV[4] == '1'
+local held = redis.pcall('XPENDING', WORK, GROUP, id, id, 1, worker)
+if held.err or #held == 0 then return 0 end
+local entry = redis.call('XRANGE', WORK, id, id)
+redis.call('XACK', WORK, GROUP, id)
+redis.call('XDEL', WORK, id)
+if hand_back and entry[1] then redis.call('XADD', WORK, '*', unpack(entry[1][2])) end
+return 1
+"""
+)
