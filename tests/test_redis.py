@@ -44,13 +44,6 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Any]:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def conn(redis_url: str, redis_prefix: str, raw: Any) -> AsyncIterator[RedisPubSubConnection]:
     async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0) as c:
         yield c

@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio
 
 from permflow import Message, RedisPubSubConnection, Subscription
 from permflow.connections._base import Claim
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Any]:
-    client = redis.asyncio.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def _connect(
