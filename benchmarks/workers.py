@@ -9,7 +9,10 @@ Two comparisons, each measured in one run with rounds interleaved (A B, B A …)
 
 Workers are real ``python -m permflow worker benchmarks.workers:cpu|io``
 subprocesses; the client (this process) submits each round with
-``PubSub.with_workers().abatch`` and checks every result. Each worker set has
+``PubSub.with_workers().abatch`` and checks every result. For concurrency
+100 the client keeps 200 runs in flight: each run it follows waits for
+changes on a pooled Redis connection (100 per loop), so submitting all 600 at
+once would make them queue on the client. Each worker set has
 its own key prefix, deleted at the end. Redis is found at
 ``PERMFLOW_BENCH_REDIS_URL`` or ``redis://127.0.0.1:6379/0``.
 
@@ -86,6 +89,7 @@ class Setup:
     runs: int
     inputs: Callable[[int, int], list[Any]]
     expect: Callable[[Any], Any]
+    in_flight: int | None = None  # the client's abatch(max_concurrency=...)
     rates: list[float] = field(default_factory=list)
     prefix: str = field(default_factory=lambda: f"permflow-bench-{uuid.uuid4().hex[:10]}")
 
@@ -157,7 +161,7 @@ async def one_round(setup: Setup, client: PubSub, loops: int, *, timed: bool = T
     """One batch of ``setup.runs`` runs; every result is checked."""
     inputs = setup.inputs(setup.runs, loops)
     start = time.perf_counter()
-    results = await client.abatch(inputs)
+    results = await client.abatch(inputs, max_concurrency=setup.in_flight)
     elapsed = time.perf_counter() - start
     for x, result in zip(inputs, results, strict=True):
         if result != [setup.expect(x)]:
@@ -189,7 +193,7 @@ def _setups(quick: bool) -> tuple[list[Setup], list[Setup]]:
     ]
     io_setups = [
         Setup("io-c1", "io", 1, 1, int(40 * scale), io_inputs, io_expect),
-        Setup("io-c100", "io", 1, 100, int(600 * scale), io_inputs, io_expect),
+        Setup("io-c100", "io", 1, 100, int(600 * scale), io_inputs, io_expect, in_flight=200),
     ]
     return cpu_setups, io_setups
 
