@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["RemoteRun", "WorkerRunError", "rebuild_error"]
 
 _POLL_SECONDS = 1.0
+_PAGE = 1000  # log messages a connection may return per progress call
 
 
 class WorkerRunError(PermflowError):
@@ -105,13 +106,14 @@ class RemoteRun:
     async def _follow(self, after: str | None) -> None:
         conn, sid, names = self.conn, self.state_id, self.plan.names
         while True:
-            after = self._emit_new(await conn.read_log(sid, after), after)
-            record = await conn.failure(sid)
+            messages, counts, record = await conn.progress(sid, after, names)
+            after = self._emit_new(messages, after)
             if record is not None:
                 raise rebuild_error(sid, record)
-            counts = await conn.outstanding(sid, names)
             if not any(counts.values()):
-                self._emit_new(await conn.read_log(sid, after), after)
+                while len(messages) >= _PAGE:  # the rest of a long log
+                    messages = await conn.read_log(sid, after)
+                    after = self._emit_new(messages, after)
                 return
             await conn.wait_for_change(sid, _POLL_SECONDS)
 

@@ -16,10 +16,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import NamedTuple
 
 from .._message import Delivery, Message
 
-__all__ = ["Claim", "PubSubConnection", "Subscription"]
+__all__ = ["Claim", "Progress", "PubSubConnection", "Subscription"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,14 @@ class Claim:
 
     state_id: str
     handle: object = None
+
+
+class Progress(NamedTuple):
+    """Where a run stands, as a client of workers sees it."""
+
+    messages: list[Message]
+    outstanding: dict[str, int]
+    failure: dict[str, object] | None
 
 
 class PubSubConnection(ABC):
@@ -117,6 +126,15 @@ class PubSubConnection(ABC):
             if message.id == after:
                 return log[i + 1 :]
         return log
+
+    async def progress(self, state_id: str, after: str | None, processes: Sequence[str]) -> Progress:
+        """New log messages after ``after``, the outstanding counts of
+        ``processes`` and the recorded failure, in one call. Every message
+        stored before the counts were read is included (stores may return a
+        first page only: up to 1,000 messages; read again from the last)."""
+        counts = await self.outstanding(state_id, processes)
+        failure = await self.failure(state_id)
+        return Progress(await self.read_log(state_id, after), counts, failure)
 
     # -- work distribution: used by ``permflow worker`` and ``PubSub.with_workers()``.
     # Optional: connections that do not support workers keep these defaults.

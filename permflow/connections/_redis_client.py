@@ -36,6 +36,7 @@ _SCRIPTS = {
     "CLAIM": work_lua.CLAIM,
     "RENEW_CLAIMS": work_lua.RENEW_CLAIMS,
     "FINISH": work_lua.FINISH,
+    "PROGRESS": work_lua.PROGRESS,
 }
 
 _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]

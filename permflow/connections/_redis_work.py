@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from typing import cast
 
 from .._message import Message
 from .._serialization import CorruptEntryError
 from . import _redis_codec as codec
-from ._base import Claim
+from ._base import Claim, Progress
 from ._redis_core import RedisCore
+from ._redis_runs import _seen
 
 __all__ = ["RedisWork"]
 
@@ -115,11 +117,27 @@ class RedisWork(RedisCore):
             ) from exc
         await self._mark(state_id, "failed", value, f"marking state id {state_id!r} failed")
 
+    async def progress(self, state_id: str, after: str | None, processes: Sequence[str]) -> Progress:
+        if after is not None and not _ENTRY_ID.fullmatch(after):
+            raise ValueError(f"after must be a message id of state id {state_id!r}, got {after!r}")
+        keys, args = self._keys(state_id)
+        names = list(dict.fromkeys(processes))
+        bound = await self._ready()
+        with self._failures(f"following state id {state_id!r}"):
+            entries, raw, last, *counts = await bound.run("PROGRESS", keys, [*args, after or "", *names])
+        _seen.set((id(self), args[0], last or b"0-0"))
+        messages = [self._decode(keys[0], eid, codec.flat(fields), state_id) for eid, fields in entries]
+        outstanding = {name: max(0, int(n or 0)) for name, n in zip(names, counts, strict=True)}
+        return Progress(messages, outstanding, self._failure_record(state_id, raw))
+
     async def failure(self, state_id: str) -> dict[str, object] | None:
         bound = await self._ready()
         with self._failures(f"reading the failure of state id {state_id!r}"):
             raw = await bound.client.get(self._mark_key(state_id, "failed"))
-        if raw is None:
+        return self._failure_record(state_id, raw)
+
+    def _failure_record(self, state_id: str, raw: bytes | str | None) -> dict[str, object] | None:
+        if not raw:
             return None
         try:
             record = json.loads(raw)

@@ -9,7 +9,9 @@ nothing else.
 
 from __future__ import annotations
 
-__all__ = ["CLAIM", "FINISH", "RENEW_CLAIMS"]
+from ._redis_script_lib import PRELUDE
+
+__all__ = ["CLAIM", "FINISH", "PROGRESS", "RENEW_CLAIMS"]
 
 _WORK = """
 local WORK, GROUP, ALL = KEYS[1], ARGV[1], 1000000000
@@ -84,5 +86,25 @@ redis.call('XACK', WORK, GROUP, id)
 redis.call('XDEL', WORK, id)
 if hand_back and entry[1] then redis.call('XADD', WORK, '*', unpack(entry[1][2])) end
 return 1
+"""
+)
+
+
+# A state id's script (KEYS and ARGV[1..4] as the run scripts), for clients of
+# workers. ARGV[5]: last log id seen ('' for none); ARGV[6..]: processes.
+# Returns {log entries after it (up to 1,000), failure mark or false, last
+# change id, count of each process} read atomically.
+PROGRESS = (
+    PRELUDE
+    + """
+local start = '-'
+if ARGV[5] ~= '' then start = '(' .. ARGV[5] end
+local reply = {redis.call('XRANGE', LOG, start, '+', 'COUNT', 1000)}
+reply[2] = redis.call('GET', base .. ':failed')
+local last = redis.call('XREVRANGE', CHG, '+', '-', 'COUNT', 1)
+reply[3] = ''
+if last[1] then reply[3] = last[1][1] end
+for k = 6, #ARGV do reply[#reply + 1] = redis.call('HGET', COUNT, ARGV[k]) or '0' end
+return reply
 """
 )
