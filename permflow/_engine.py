@@ -208,6 +208,10 @@ class Run:
         deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner, limit=limit)
         self._held += len(deliveries)
         if len(deliveries) >= limit and not step.join:
+            # capped: is more waiting? (a single delivery at one free slot is the usual case)
+            waiting = await self.conn.outstanding(self.state_id, [step.name])
+            if waiting[step.name] <= len(deliveries):
+                return deliveries
             self._more = True
             now = time.monotonic()
             if now - self._called_for_help >= _HELP_INTERVAL:

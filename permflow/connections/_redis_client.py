@@ -37,6 +37,8 @@ _SCRIPTS = {
     "RENEW_CLAIMS": work_lua.RENEW_CLAIMS,
     "FINISH": work_lua.FINISH,
     "PROGRESS": work_lua.PROGRESS,
+    "ANNOUNCE": work_lua.ANNOUNCE,
+    "UNMARK": work_lua.UNMARK,
 }
 
 _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]

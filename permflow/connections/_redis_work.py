@@ -8,6 +8,7 @@ like deliveries. Failure and stop marks live with the state id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -47,12 +48,13 @@ class RedisWork(RedisCore):
 
     async def announce(self, state_id: str) -> None:
         bound = await self._ready()
-        # Two slots (the state id's, the work stream's): one round trip, not one script.
-        pipe = bound.client.pipeline(transaction=False)
-        pipe.delete(self._mark_key(state_id, "failed"), self._mark_key(state_id, "stop"))
-        pipe.xadd(self._work_key(), {"s": state_id.encode()})
+        marks = [self._mark_key(state_id, "failed"), self._mark_key(state_id, "stop")]
+        # Two slots (the state id's, the work stream's): two scripts sent together.
         with self._failures(f"announcing state id {state_id!r} to workers"):
-            await pipe.execute()
+            await asyncio.gather(
+                bound.run("UNMARK", marks, []),
+                bound.run("ANNOUNCE", [self._work_key()], [state_id]),
+            )
 
     async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
         if limit < 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ._redis_script_lib import PRELUDE
 
-__all__ = ["CLAIM", "FINISH", "PROGRESS", "RENEW_CLAIMS"]
+__all__ = ["ANNOUNCE", "CLAIM", "FINISH", "PROGRESS", "RENEW_CLAIMS", "UNMARK"]
 
 _WORK = """
 local WORK, GROUP, ALL = KEYS[1], ARGV[1], 1000000000
@@ -108,3 +108,14 @@ for k = 6, #ARGV do reply[#reply + 1] = redis.call('HGET', COUNT, ARGV[k]) or '0
 return reply
 """
 )
+
+
+# KEYS: [work]; ARGV[1]: state id. One announcement for the workers.
+ANNOUNCE = """
+return redis.call('XADD', KEYS[1], '*', 's', ARGV[1])
+"""
+
+# KEYS: [failed mark, stop mark] of one state id. Clears both.
+UNMARK = """
+return redis.call('DEL', KEYS[1], KEYS[2])
+"""
