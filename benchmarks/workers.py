@@ -193,7 +193,7 @@ def _setups(quick: bool) -> tuple[list[Setup], list[Setup]]:
     ]
     io_setups = [
         Setup("io-c1", "io", 1, 1, int(40 * scale), io_inputs, io_expect),
-        Setup("io-c100", "io", 1, 100, int(600 * scale), io_inputs, io_expect, in_flight=200),
+        Setup("io-c100", "io", 1, 100, int(2400 * scale), io_inputs, io_expect, in_flight=200),
     ]
     return cpu_setups, io_setups
 

@@ -97,6 +97,7 @@ class Run:
         self._active = 0
         self._held = 0
         self._fetched = False
+        self._counts: dict[str, int] | None = None
         self._quiet: anyio.Event | None = None
         self._failure: BaseException | None = None
         self.failed_at: tuple[str, str] | None = None  # (process, topic) of a failed step
@@ -111,10 +112,19 @@ class Run:
             self._steps = anyio.CapacityLimiter(limit) if limit else None
         self._threads = anyio.CapacityLimiter(limit or _DEFAULT_THREADS)
 
-    async def execute(self, topic: str | None, value: Any) -> None:
-        """Publish ``value`` on ``topic`` (unless topic is None), run to idle."""
+    async def execute(
+        self, topic: str | None, value: Any, *, counts: dict[str, int] | None = None
+    ) -> None:
+        """Publish ``value`` on ``topic`` (unless topic is None), run to idle.
+
+        ``counts``: outstanding counts the caller just read (a worker, whose
+        client registered the processes); the run then neither registers again
+        nor reads them once more before its first fetch.
+        """
         conn, sid = self.conn, self.state_id
-        await conn.register(sid, self.plan.subscriptions)
+        self._counts = counts
+        if counts is None:
+            await conn.register(sid, self.plan.subscriptions)
         timeout = self.settings.timeout
         deadline = None if timeout is None else anyio.move_on_after(timeout)
         clean = False
@@ -186,7 +196,9 @@ class Run:
                 if not self._more:
                     continue
                 self._more = False
-            counts = await conn.outstanding(sid, plan.names)
+            counts, self._counts = self._counts, None
+            if counts is None:
+                counts = await conn.outstanding(sid, plan.names)
             waiting = [s for s in plan.subscribers_all if counts[s.name]]
             if not waiting:
                 waiting = [s for s in plan.joins if counts[s.name]]

@@ -121,7 +121,7 @@ class Worker:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watch_stop, sid, tg.cancel_scope)
                     try:
-                        await run.execute(None, None)
+                        await run.execute(None, None, counts=counts)
                     except Exception as exc:
                         record = _failure_record(run, exc)
                         log.warning("run %s failed on worker %s: %s", sid, self.name, record)
