@@ -19,8 +19,8 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +69,7 @@ class Capacity:
 
     limiter: anyio.CapacityLimiter
     call_for_help: Callable[[str], Awaitable[None]]
+    report_failure: Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 class Run:
@@ -112,9 +113,7 @@ class Run:
             self._steps = anyio.CapacityLimiter(limit) if limit else None
         self._threads = anyio.CapacityLimiter(limit or _DEFAULT_THREADS)
 
-    async def execute(
-        self, topic: str | None, value: Any, *, counts: dict[str, int] | None = None
-    ) -> None:
+    async def execute(self, topic: str | None, value: Any, *, counts: dict[str, int] | None = None) -> None:
         """Publish ``value`` on ``topic`` (unless topic is None), run to idle.
 
         ``counts``: outstanding counts the caller just read (a worker, whose
@@ -326,13 +325,11 @@ class Run:
 
     async def _invoke_guarded(self, step: Step, value: Any, ctx: StepContext, source: Message) -> None:
         timeout, trace = self.settings.step_timeout, self.settings.trace
-        with anyio.move_on_after(timeout) as scope:
-            with trace(step.name, source) if trace is not None else nullcontext():
-                if self._steps is None:
+        # a step's time starts once it has a concurrency slot
+        async with self._steps if self._steps is not None else _no_slot():
+            with anyio.move_on_after(timeout) as scope:
+                with trace(step.name, source) if trace is not None else nullcontext():
                     await step.process.ainvoke(value, {RUN_KEY: ctx})
-                else:
-                    async with self._steps:
-                        await step.process.ainvoke(value, {RUN_KEY: ctx})
         if scope.cancelled_caught:
             raise TimeoutError(
                 f"process {step.name!r} took longer than step_timeout={timeout}s on a message "
@@ -368,11 +365,19 @@ class Run:
         value = [m.value for m in delivery.messages] if step.join else source.value
         record = _error_record(step.name, source.topic, value, PoisonMessageError(text), attempts)
         error = Message(ERROR_NAME, record, self.state_id, time.time(), "", source.depth + 1)
+        if not self.plan.handles_errors and self._capacity is not None:
+            # a client of workers must see the failure before the ack makes the run idle
+            await self._capacity.report_failure(self.state_id, record)
         follow = await self._commit(step, delivery, [error])
         _log.warning("%s (state id %r)", text, self.state_id)
         if not self.plan.handles_errors:
             raise PoisonMessageError(f"{text} (state id {self.state_id!r})")
         return follow
+
+
+@asynccontextmanager
+async def _no_slot() -> AsyncIterator[None]:
+    yield
 
 
 def _depth(message: Message) -> int:

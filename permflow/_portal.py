@@ -126,7 +126,7 @@ def _submit(
     tasks: list[asyncio.Task[T]] = []
 
     def settle(task: asyncio.Task[T]) -> None:
-        if future.cancelled():
+        if future.done():
             return
         if task.cancelled():
             future.cancel()
@@ -136,7 +136,9 @@ def _submit(
             future.set_result(task.result())
 
     def start() -> None:
-        if not future.set_running_or_notify_cancel():
+        # The future stays pending (not "running") until settled, so that
+        # future.cancel() from the caller (Ctrl-C) still works and cancels the task.
+        if future.cancelled():
             return
         task = contextvars.Context().run(loop.create_task, _as_coroutine(func, *args))
         tasks.append(task)

@@ -61,22 +61,29 @@ class Worker:
         self._driving: dict[str, int] = {}
         self._room = anyio.Event()
         self._stopping: anyio.Event | None = None
+        self._stop_asked = False
 
     @property
     def stopping(self) -> bool:
         """Whether ``stop()`` was called."""
-        return self._stopping is not None and self._stopping.is_set()
+        return self._stop_asked
 
     def stop(self) -> None:
-        """Stop taking work; running runs get ``grace`` seconds to finish."""
+        """Stop taking work; running runs get ``grace`` seconds to finish.
+        Calling it before ``run()`` has started makes ``run()`` return at once."""
+        self._stop_asked = True
         if self._stopping is not None:
             self._stopping.set()
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Work until ``stop()``; then finish or hand back what is running."""
         self._stopping = stopping = anyio.Event()
+        if self._stop_asked:
+            stopping.set()
         runs = anyio.CapacityLimiter(self.concurrency)
-        capacity = Capacity(anyio.CapacityLimiter(self.concurrency), self.connection.announce)
+        capacity = Capacity(
+            anyio.CapacityLimiter(self.concurrency), self._call_for_help, self.connection.mark_failed
+        )
         log.info("worker %s started (concurrency %d)", self.name, self.concurrency)
         async with anyio.create_task_group() as drivers:
             if self.connection.lease != math.inf:
@@ -92,9 +99,10 @@ class Worker:
                     continue
                 claimed = await self.connection.claim(self.name, limit=free, max_seconds=0.5)
                 for claim in claimed:
-                    runs.acquire_on_behalf_of_nowait(claim)
+                    borrower = object()  # a claim can come back equal to one held
+                    runs.acquire_on_behalf_of_nowait(borrower)
                     self._running += 1
-                    drivers.start_soon(self._drive, claim, capacity, runs)
+                    drivers.start_soon(self._drive, claim, capacity, runs, borrower)
             with anyio.move_on_after(self.grace):
                 while self._running:
                     self._room = anyio.Event()
@@ -107,14 +115,21 @@ class Worker:
             await anyio.sleep(self.connection.lease / 3)
             await self.connection.renew_claims(self.name)
 
-    async def _drive(self, claim: Claim, capacity: Capacity, runs: anyio.CapacityLimiter) -> None:
+    async def _call_for_help(self, state_id: str) -> None:
+        await self.connection.announce(state_id, help=True)
+
+    async def _drive(
+        self, claim: Claim, capacity: Capacity, runs: anyio.CapacityLimiter, borrower: object
+    ) -> None:
         conn, sid, plan = self.connection, claim.state_id, self.pubsub._plan
         finished = False
         self._driving[sid] = self._driving.get(sid, 0) + 1
         try:
             # a call for help this worker made itself is of no use to it: hand it back
             helping_myself = self._driving[sid] > 1
-            counts = {} if helping_myself else await conn.outstanding(sid, plan.names)
+            # a call for help for a run its client has left since is of no use either
+            stale = claim.help and not helping_myself and await conn.stop_requested(sid)
+            counts = {} if helping_myself or stale else await conn.outstanding(sid, plan.names)
             if any(counts.values()):
                 log.debug("worker %s drives state id %s", self.name, sid)
                 run = Run(plan, conn, sid, self.pubsub.settings, _ignore, capacity)
@@ -137,7 +152,7 @@ class Worker:
                 del self._driving[sid]
             with anyio.CancelScope(shield=True):
                 await conn.finish(claim, hand_back=not finished)
-            runs.release_on_behalf_of(claim)
+            runs.release_on_behalf_of(borrower)
             self._running -= 1
             self._room.set()
 

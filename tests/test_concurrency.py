@@ -323,3 +323,21 @@ async def test_run_timeout_stops_waiting_for_a_blocked_sync_step() -> None:
                 await _blocked_sync(release).ainvoke(1, {"timeout": 0.05})
     finally:
         release.set()
+
+
+@pytest.mark.anyio
+async def test_step_timeout_does_not_count_waiting_for_a_slot() -> None:
+    """With max_concurrency=1, steps queued behind others are timed only once they run."""
+
+    async def step(x: int) -> int:
+        await anyio.sleep(0.3)  # the workload: each step takes 0.3 s of its 0.5 s budget
+        return x
+
+    pubsub = PubSub(
+        Topic.IN.subscribe() | (lambda n: list(range(n))) | Topic("each").publish_each(),
+        Topic("each").subscribe() | step | Topic.OUT.publish(),
+        max_concurrency=1,
+        step_timeout=0.5,
+    )
+    with anyio.fail_after(10):
+        assert sorted(await pubsub.ainvoke(3)) == [0, 1, 2]

@@ -50,3 +50,24 @@ async def test_progress_reports_new_messages_counts_and_failure(
     assert nothing_new.messages == [] and nothing_new.outstanding == {"p": 1}
     assert failed.failure == {"error": "ValueError", "message": "bad"}
     assert cleared.failure is None
+
+
+async def test_a_call_for_help_keeps_the_stop_and_failure_marks(
+    connection: PubSubConnection,
+) -> None:
+    """A worker's announce(help=True) keeps a client's stop request; a client's announce clears it."""
+    with anyio.fail_after(10):
+        await connection.request_stop("s")
+        await connection.mark_failed("s", {"error": "ValueError", "message": "bad"})
+        await connection.announce("s", help=True)
+        kept = (await connection.stop_requested("s"), await connection.failure("s"))
+        claims = await connection.claim("w", limit=5, max_seconds=1)
+        await connection.announce("s")
+        cleared = (await connection.stop_requested("s"), await connection.failure("s"))
+        later = await connection.claim("w", limit=5, max_seconds=1)
+        for claim in (*claims, *later):
+            await connection.finish(claim)
+    assert kept == (True, {"error": "ValueError", "message": "bad"})
+    assert cleared == (False, None)
+    assert [(c.state_id, c.help) for c in claims] == [("s", True)]
+    assert [(c.state_id, c.help) for c in later] == [("s", False)]

@@ -343,3 +343,17 @@ def test_step_error_surfaces_from_sync_stream() -> None:
     pubsub = PubSub(Topic.IN.subscribe() | boom | Topic.OUT.publish())
     with pytest.raises(LookupError, match="no key"):
         _call_with_deadline(lambda: list(pubsub.stream("key")))
+
+
+def test_run_sync_of_a_coroutine_ending_cancelled_returns() -> None:
+    """A call whose coroutine ends cancelled raises at once instead of blocking forever."""
+    import asyncio
+    import concurrent.futures
+
+    from permflow._portal import run_sync
+
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises((asyncio.CancelledError, concurrent.futures.CancelledError)):
+        run_sync(cancelled)

@@ -319,3 +319,30 @@ async def test_two_workers_share_the_runs_of_a_batch() -> None:
     assert results == [[x * 10] for x in range(10)]
     assert all(w.runs_done > 0 for w in workers)
     assert sum(w.runs_done for w in workers) >= 10
+
+
+async def test_stop_before_run_has_started_is_honoured() -> None:
+    """A worker told to stop before its run() started returns from run() at once."""
+    worker = Worker(chain(InMemoryPubSubConnection()), name="early")
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            worker.stop()
+    assert worker.stopping and worker.runs_done == 0
+
+
+async def test_a_poison_message_on_a_worker_fails_the_client() -> None:
+    """A delivery dead-lettered on a worker fails the client's call instead of looking finished."""
+    conn = InMemoryPubSubConnection()
+
+    def boom(x: int) -> int:
+        raise ValueError(f"bad {x}")
+
+    pubsub = PubSub(Topic.IN.subscribe() | boom | Topic.OUT.publish(), connection=conn, max_deliveries=1)
+    client = pubsub.with_workers()
+    with anyio.fail_after(20):
+        async with running(Worker(pubsub, name="w1")):
+            with pytest.raises(ValueError, match="bad 1"):
+                await client.ainvoke(1, {"state_id": "poison"})
+            with pytest.raises(WorkerRunError, match="PoisonMessageError"):
+                await client.ainvoke(None, {"state_id": "poison"})

@@ -38,6 +38,8 @@ class Claim:
 
     state_id: str
     handle: object = None
+    #: The announcement was a worker calling others in (``announce(help=True)``).
+    help: bool = False
 
 
 class Progress(NamedTuple):
@@ -139,9 +141,11 @@ class PubSubConnection(ABC):
     # -- work distribution: used by ``permflow worker`` and ``PubSub.with_workers()``.
     # Optional: connections that do not support workers keep these defaults.
 
-    async def announce(self, state_id: str) -> None:
-        """Tell workers that ``state_id`` has work; clears its failure and stop
-        marks. Raises ``NotImplementedError`` if the connection has no workers."""
+    async def announce(self, state_id: str, *, help: bool = False) -> None:
+        """Tell workers that ``state_id`` has work. A client's announcement
+        clears the failure and stop marks; a worker calling others in
+        (``help=True``) keeps them. Raises ``NotImplementedError`` if the
+        connection has no workers."""
         raise NotImplementedError(f"{type(self).__name__} does not support workers")
 
     async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:

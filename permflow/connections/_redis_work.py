@@ -46,15 +46,15 @@ class RedisWork(RedisCore):
     def _mark_key(self, state_id: str, mark: str) -> str:
         return f"{{{self.prefix}:{codec.escape(state_id)}}}:{mark}"
 
-    async def announce(self, state_id: str) -> None:
+    async def announce(self, state_id: str, *, help: bool = False) -> None:
         bound = await self._ready()
         marks = [self._mark_key(state_id, "failed"), self._mark_key(state_id, "stop")]
-        # Two slots (the state id's, the work stream's): two scripts sent together.
+        calls = [bound.run("ANNOUNCE", [self._work_key()], [state_id, int(help)])]
+        if not help:
+            # Two slots (the state id's, the work stream's): two scripts sent together.
+            calls.append(bound.run("UNMARK", marks, []))
         with self._failures(f"announcing state id {state_id!r} to workers"):
-            await asyncio.gather(
-                bound.run("UNMARK", marks, []),
-                bound.run("ANNOUNCE", [self._work_key()], [state_id]),
-            )
+            await asyncio.gather(*calls)
 
     async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
         if limit < 1:
@@ -76,7 +76,8 @@ class RedisWork(RedisCore):
             flat = codec.flat(fields)
             found = {codec.text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
             ids.append(codec.text(entry_id))
-            claims.append(Claim(codec.text(found.get("s", b"")), (worker, ids[-1])))
+            state_id, help = codec.text(found.get("s", b"")), found.get("h") == b"1"
+            claims.append(Claim(state_id, (worker, ids[-1]), help))
         if ids:
             with self._lock:
                 self._held.setdefault(worker, set()).update(ids)

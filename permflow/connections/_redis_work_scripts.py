@@ -110,9 +110,9 @@ return reply
 )
 
 
-# KEYS: [work]; ARGV[1]: state id. One announcement for the workers.
+# KEYS: [work]; ARGV[1]: state id, ARGV[2]: 1 for a worker's call for help.
 ANNOUNCE = """
-return redis.call('XADD', KEYS[1], '*', 's', ARGV[1])
+return redis.call('XADD', KEYS[1], '*', 's', ARGV[1], 'h', ARGV[2])
 """
 
 # KEYS: [failed mark, stop mark] of one state id. Clears both.

@@ -63,7 +63,7 @@ class InMemoryPubSubConnection(PubSubConnection):
         self._states: dict[str, _State] = {}
         self._lock = threading.Lock()
         # work distribution (workers in this process)
-        self._announced: deque[tuple[int, str]] = deque()
+        self._announced: deque[tuple[int, str, bool]] = deque()
         self._claimed: dict[int, tuple[str, str]] = {}
         self._claim_ids = itertools.count(1)
         self._failed: dict[str, dict[str, object]] = {}
@@ -218,11 +218,12 @@ class InMemoryPubSubConnection(PubSubConnection):
 
     # -- work distribution ---------------------------------------------------
 
-    async def announce(self, state_id: str) -> None:
+    async def announce(self, state_id: str, *, help: bool = False) -> None:
         with self._lock:
-            self._failed.pop(state_id, None)
-            self._stopping.discard(state_id)
-            self._announced.append((next(self._claim_ids), state_id))
+            if not help:
+                self._failed.pop(state_id, None)
+                self._stopping.discard(state_id)
+            self._announced.append((next(self._claim_ids), state_id, help))
 
     async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
         with anyio.move_on_after(max_seconds):
@@ -230,9 +231,9 @@ class InMemoryPubSubConnection(PubSubConnection):
                 with self._lock:
                     claims: list[Claim] = []
                     while self._announced and len(claims) < limit:
-                        number, state_id = self._announced.popleft()
+                        number, state_id, help = self._announced.popleft()
                         self._claimed[number] = (worker, state_id)
-                        claims.append(Claim(state_id, number))
+                        claims.append(Claim(state_id, number, help))
                 if claims:
                     return claims
                 await anyio.sleep(0.01)  # in-process polling; Redis blocks on the server
@@ -242,7 +243,7 @@ class InMemoryPubSubConnection(PubSubConnection):
         with self._lock:
             entry = self._claimed.pop(claim.handle, None)  # type: ignore[call-overload]
             if hand_back and entry is not None:
-                self._announced.appendleft((next(self._claim_ids), claim.state_id))
+                self._announced.appendleft((next(self._claim_ids), claim.state_id, claim.help))
 
     async def mark_failed(self, state_id: str, record: dict[str, object]) -> None:
         with self._lock:
