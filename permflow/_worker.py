@@ -150,11 +150,14 @@ class Worker:
             self._driving[sid] -= 1
             if not self._driving[sid]:
                 del self._driving[sid]
-            with anyio.CancelScope(shield=True):
-                await conn.finish(claim, hand_back=not finished)
-            runs.release_on_behalf_of(borrower)
-            self._running -= 1
+            runs.release_on_behalf_of(borrower)  # the slot is free: finishing needs none
             self._room.set()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await conn.finish(claim, hand_back=not finished)
+            finally:
+                self._running -= 1
+                self._room.set()
 
     async def _watch_stop(self, sid: str, scope: anyio.CancelScope) -> None:
         while True:
