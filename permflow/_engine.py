@@ -159,8 +159,8 @@ class Run:
     async def _run_group(self, topic: str | None, value: Any) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            if self.conn.lease != math.inf:
-                tg.start_soon(self._renew_leases)
+            if self.conn.lease != math.inf and self._capacity is None:
+                tg.start_soon(self._renew_leases)  # a worker renews for all its runs
             try:
                 first: list[tuple[Step, Delivery]] = []
                 if topic is not None:

@@ -59,6 +59,7 @@ class Worker:
         self.runs_done = 0
         self._running = 0
         self._driving: dict[str, int] = {}
+        self._runs: dict[Run, anyio.CancelScope] = {}  # runs being driven, for renewal and stops
         self._room = anyio.Event()
         self._stopping: anyio.Event | None = None
         self._stop_asked = False
@@ -88,6 +89,7 @@ class Worker:
         async with anyio.create_task_group() as drivers:
             if self.connection.lease != math.inf:
                 drivers.start_soon(self._renew)
+            drivers.start_soon(self._watch_stops)
             task_status.started()
             while not stopping.is_set():
                 # claim only what can start now: runs free and step slots free
@@ -111,9 +113,21 @@ class Worker:
         log.info("worker %s stopped after %d runs", self.name, self.runs_done)
 
     async def _renew(self) -> None:
+        """Keep the claims and the runs' deliveries alive: one task for all runs."""
         while True:
             await anyio.sleep(self.connection.lease / 3)
             await self.connection.renew_claims(self.name)
+            for run in list(self._runs):
+                await self.connection.renew(run.state_id, run.owner)
+
+    async def _watch_stops(self) -> None:
+        """Cancel the runs whose client asked to stop (one task for all runs)."""
+        while True:
+            await anyio.sleep(_STOP_POLL_SECONDS)
+            for run, scope in list(self._runs.items()):
+                if not scope.cancel_called and await self.connection.stop_requested(run.state_id):
+                    log.info("worker %s stops state id %s on request", self.name, run.state_id)
+                    scope.cancel()
 
     async def _call_for_help(self, state_id: str) -> None:
         await self.connection.announce(state_id, help=True)
@@ -133,15 +147,16 @@ class Worker:
             if any(counts.values()):
                 log.debug("worker %s drives state id %s", self.name, sid)
                 run = Run(plan, conn, sid, self.pubsub.settings, _ignore, capacity)
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._watch_stop, sid, tg.cancel_scope)
+                with anyio.CancelScope() as scope:
+                    self._runs[run] = scope
                     try:
                         await run.execute(None, None, counts=counts)
                     except Exception as exc:
                         record = _failure_record(run, exc)
                         log.warning("run %s failed on worker %s: %s", sid, self.name, record)
                         await conn.mark_failed(sid, record)
-                    tg.cancel_scope.cancel()
+                    finally:
+                        del self._runs[run]
                 self.runs_done += 1
             if helping_myself:  # hand it back, after a moment so others can take it
                 await anyio.sleep(_HAND_BACK_SECONDS)
@@ -158,14 +173,6 @@ class Worker:
             finally:
                 self._running -= 1
                 self._room.set()
-
-    async def _watch_stop(self, sid: str, scope: anyio.CancelScope) -> None:
-        while True:
-            await anyio.sleep(_STOP_POLL_SECONDS)
-            if await self.connection.stop_requested(sid):
-                log.info("worker %s stops state id %s on request", self.name, sid)
-                scope.cancel()
-                return
 
 
 def _ignore(message: object) -> None:
