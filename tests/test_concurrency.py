@@ -302,25 +302,14 @@ def _blocked_sync(release: threading.Event) -> PubSub:
 
 
 @pytest.mark.anyio
-async def test_step_timeout_stops_waiting_for_a_blocked_sync_step() -> None:
-    """step_timeout fails the run promptly even while a sync step is blocked in its thread."""
+@pytest.mark.parametrize(("setting", "error"), [("step_timeout", TimeoutError), ("timeout", RunTimeoutError)])
+async def test_timeouts_stop_waiting_for_a_blocked_sync_step(setting: str, error: type[Exception]) -> None:
+    """step_timeout and a run timeout fail the run promptly even while a sync step is blocked."""
     release = threading.Event()
     try:
         with anyio.fail_after(5):
-            with pytest.raises(TimeoutError):
-                await _blocked_sync(release).ainvoke(1, {"step_timeout": 0.05})
-    finally:
-        release.set()
-
-
-@pytest.mark.anyio
-async def test_run_timeout_stops_waiting_for_a_blocked_sync_step() -> None:
-    """A run timeout fires promptly even while a sync step is blocked in its thread."""
-    release = threading.Event()
-    try:
-        with anyio.fail_after(5):
-            with pytest.raises(RunTimeoutError):
-                await _blocked_sync(release).ainvoke(1, {"timeout": 0.05})
+            with pytest.raises(error):
+                await _blocked_sync(release).ainvoke(1, {setting: 0.05})
     finally:
         release.set()
 

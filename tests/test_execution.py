@@ -7,12 +7,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from helpers import call_with_deadline
 
 from permflow import PubSub, RunnableLambda, Topic
 from permflow._execution import SLOW_SECONDS, WARMUP_RUNS
@@ -43,27 +43,6 @@ class Probe:
 
 def _echo() -> PubSub:
     return PubSub(Topic.IN.subscribe() | (lambda x: x) | Topic.OUT.publish())
-
-
-def _call_with_deadline(func: Callable[[], Any], seconds: float = 20) -> Any:
-    """Call ``func`` in a daemon thread; fail (instead of hanging) if it deadlocks."""
-    box: list[Any] = []
-
-    def target() -> None:
-        try:
-            box.append(("ok", func()))
-        except BaseException as exc:
-            box.append(("error", exc))
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"call did not return within {seconds}s: deadlock")
-    kind, value = box[0]
-    if kind == "error":
-        raise value
-    return value
 
 
 async def _warm_until_inline(step: RunnableLambda, probe: Probe, loop: threading.Thread) -> int:
@@ -252,7 +231,7 @@ def test_auto_step_calling_sync_invoke_does_not_deadlock() -> None:
     probe = Probe(nested=_echo())
     outer = PubSub(Topic.IN.subscribe() | probe | Topic.OUT.publish())
     for i in range(WARMUP_RUNS * 3):
-        assert _call_with_deadline(lambda i=i: outer.invoke(i)) == [i]
+        assert call_with_deadline(lambda i=i: outer.invoke(i)) == [i]
 
 
 def test_nested_sync_invokes_three_levels_deep_inline() -> None:

@@ -18,6 +18,7 @@ import anyio
 import pytest
 import redis.asyncio
 import redis.exceptions
+from helpers import wakes_a_waiter
 
 from permflow import (
     ConnectionFailedError,
@@ -214,18 +215,8 @@ async def test_serialization_error_stores_nothing(conn: RedisPubSubConnection) -
 async def test_wait_for_change_wakes_on_publish_and_times_out(conn: RedisPubSubConnection) -> None:
     """A waiter wakes when another task publishes, and otherwise returns after its time."""
     await conn.outstanding("s", [])
-    woke = anyio.Event()
-
-    async def waiter() -> None:
-        await conn.wait_for_change("s", 30)
-        woke.set()
-
+    await wakes_a_waiter(conn, "s", lambda: conn.publish("s", [msg("a", 1)]))
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(waiter)
-            await anyio.wait_all_tasks_blocked()
-            await conn.publish("s", [msg("a", 1)])
-            await woke.wait()
         started = time.monotonic()
         await conn.wait_for_change("quiet", 0.2)
         assert time.monotonic() - started >= 0.15

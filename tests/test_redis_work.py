@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+from helpers import wakes_a_waiter
 
 from permflow import Message, RedisPubSubConnection, Subscription
 from permflow.connections._base import Claim
@@ -216,21 +217,10 @@ async def test_marks_take_the_ttl(redis_url: str, redis_prefix: str, raw: Any) -
 async def test_marks_wake_wait_for_change(conn: RedisPubSubConnection, mark: str) -> None:
     """A waiter on a state id wakes when a stop is requested or a failure is marked for it."""
     await conn.outstanding("s", [])
-    woke = anyio.Event()
-
-    async def waiter() -> None:
-        await conn.wait_for_change("s", 30)
-        woke.set()
-
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(waiter)
-            await anyio.wait_all_tasks_blocked()
-            if mark == "stop":
-                await conn.request_stop("s")
-            else:
-                await conn.mark_failed("s", {"error": "x"})
-            await woke.wait()
+    if mark == "stop":
+        await wakes_a_waiter(conn, "s", lambda: conn.request_stop("s"))
+    else:
+        await wakes_a_waiter(conn, "s", lambda: conn.mark_failed("s", {"error": "x"}))
 
 
 async def test_read_log_returns_what_follows_an_id(conn: RedisPubSubConnection) -> None:

@@ -5,35 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
 import trio
+from helpers import call_with_deadline
 
 from permflow import InMemoryPubSubConnection, Message, PubSub, RunnableLambda, Topic
-
-
-def _call_with_deadline(func: Callable[[], Any], seconds: float = 20) -> Any:
-    """Call ``func`` in a daemon thread; fail (instead of hanging) if it does not return."""
-    box: list[Any] = []
-
-    def target() -> None:
-        try:
-            box.append(("ok", func()))
-        except BaseException as exc:
-            box.append(("error", exc))
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"call did not return within {seconds}s")
-    kind, value = box[0]
-    if kind == "error":
-        raise value
-    return value
 
 
 def _doubler(connection: InMemoryPubSubConnection | None = None) -> PubSub:
@@ -50,12 +29,12 @@ def _doubler(connection: InMemoryPubSubConnection | None = None) -> PubSub:
 
 def test_invoke_from_a_plain_thread() -> None:
     """invoke() works from a thread that runs no event loop."""
-    assert _call_with_deadline(lambda: _doubler().invoke(21)) == [42]
+    assert call_with_deadline(lambda: _doubler().invoke(21)) == [42]
 
 
 def test_batch_from_a_plain_thread() -> None:
     """batch() runs independent runs from a plain thread, results in input order."""
-    assert _call_with_deadline(lambda: _doubler().batch([1, 2, 3])) == [[2], [4], [6]]
+    assert call_with_deadline(lambda: _doubler().batch([1, 2, 3])) == [[2], [4], [6]]
 
 
 def test_batch_with_one_config_per_input_keeps_runs_apart() -> None:
@@ -72,7 +51,7 @@ def test_stream_from_a_plain_thread() -> None:
     def consume() -> list[tuple[str, Any]]:
         return [(m.topic, m.value) for m in _doubler().stream(5)]
 
-    assert _call_with_deadline(consume) == [("__in__", 5), ("middle", 10), ("__out__", 10)]
+    assert call_with_deadline(consume) == [("__in__", 5), ("middle", 10), ("__out__", 10)]
 
 
 def test_sync_calls_share_one_long_lived_loop() -> None:
@@ -86,7 +65,7 @@ def test_sync_calls_share_one_long_lived_loop() -> None:
     pubsub = PubSub(Topic.IN.subscribe() | where | Topic.OUT.publish())
     pubsub.invoke(1)
     pubsub.invoke(2)
-    _call_with_deadline(lambda: pubsub.invoke(3))
+    call_with_deadline(lambda: pubsub.invoke(3))
     assert len(set(seen)) == 1
     assert seen[0] is not threading.current_thread()
 
@@ -153,7 +132,7 @@ def test_invoke_inside_running_asyncio_loop() -> None:
     async def main() -> tuple[list[Any], list[Any]]:
         return pubsub.invoke(4), pubsub.batch([1, 2])
 
-    assert _call_with_deadline(lambda: asyncio.run(main())) == ([8], [[2], [4]])
+    assert call_with_deadline(lambda: asyncio.run(main())) == ([8], [[2], [4]])
 
 
 def test_stream_inside_running_asyncio_loop() -> None:
@@ -163,7 +142,7 @@ def test_stream_inside_running_asyncio_loop() -> None:
     async def main() -> list[Any]:
         return [m.value for m in pubsub.stream(3)]
 
-    assert _call_with_deadline(lambda: asyncio.run(main())) == [3, 6, 6]
+    assert call_with_deadline(lambda: asyncio.run(main())) == [3, 6, 6]
 
 
 def test_invoke_inside_running_trio_loop() -> None:
@@ -173,7 +152,7 @@ def test_invoke_inside_running_trio_loop() -> None:
     async def main() -> tuple[list[Any], list[Any]]:
         return pubsub.invoke(4), pubsub.batch([1, 2])
 
-    assert _call_with_deadline(lambda: trio.run(main)) == ([8], [[2], [4]])
+    assert call_with_deadline(lambda: trio.run(main)) == ([8], [[2], [4]])
 
 
 def test_stream_inside_running_trio_loop() -> None:
@@ -183,7 +162,7 @@ def test_stream_inside_running_trio_loop() -> None:
     async def main() -> list[Any]:
         return [m.value for m in pubsub.stream(3)]
 
-    assert _call_with_deadline(lambda: trio.run(main)) == [3, 6, 6]
+    assert call_with_deadline(lambda: trio.run(main)) == [3, 6, 6]
 
 
 def test_chain_invoke_inside_running_loops() -> None:
@@ -193,8 +172,8 @@ def test_chain_invoke_inside_running_loops() -> None:
     async def main() -> Any:
         return chain.invoke(2)
 
-    assert _call_with_deadline(lambda: asyncio.run(main())) == 6
-    assert _call_with_deadline(lambda: trio.run(main)) == 6
+    assert call_with_deadline(lambda: asyncio.run(main())) == 6
+    assert call_with_deadline(lambda: trio.run(main)) == 6
 
 
 # -- nested: a step calling another PubSub's sync API ------------------------
@@ -233,7 +212,7 @@ def test_nested_sync_invoke_under_sync_run(step_kind: str) -> None:
     Steps on the loop thread (inline, async) are covered in a fresh interpreter
     by test_execution.py, where a regression cannot wedge this session's loop.
     """
-    assert _call_with_deadline(lambda: _nesting(step_kind).invoke(5)) == [11]
+    assert call_with_deadline(lambda: _nesting(step_kind).invoke(5)) == [11]
 
 
 @pytest.mark.anyio
@@ -283,7 +262,7 @@ def test_break_out_of_stream_stops_a_blocked_async_step() -> None:
             break
         return got, time.perf_counter() - begin
 
-    got, took = _call_with_deadline(consume, seconds=15)
+    got, took = call_with_deadline(consume, seconds=15)
     assert [m.topic for m in got] == ["__in__"]
     assert took < 2.0
     assert cancelled.is_set()
@@ -308,7 +287,7 @@ def test_break_out_of_stream_abandons_a_blocked_sync_step() -> None:
         return time.perf_counter() - begin
 
     try:
-        assert _call_with_deadline(consume, seconds=15) < 2.0
+        assert call_with_deadline(consume, seconds=15) < 2.0
         assert [m.topic for m in pubsub.peek("break-sync")] == ["__in__"]
     finally:
         release.set()
@@ -331,7 +310,7 @@ def test_exception_in_stream_consumer_stops_the_run() -> None:
             raise KeyError("consumer gave up")
 
     with pytest.raises(KeyError, match="consumer gave up"):
-        _call_with_deadline(consume, seconds=15)
+        call_with_deadline(consume, seconds=15)
 
 
 def test_step_error_surfaces_from_sync_stream() -> None:
@@ -342,7 +321,7 @@ def test_step_error_surfaces_from_sync_stream() -> None:
 
     pubsub = PubSub(Topic.IN.subscribe() | boom | Topic.OUT.publish())
     with pytest.raises(LookupError, match="no key"):
-        _call_with_deadline(lambda: list(pubsub.stream("key")))
+        call_with_deadline(lambda: list(pubsub.stream("key")))
 
 
 def test_run_sync_of_a_coroutine_ending_cancelled_returns() -> None:

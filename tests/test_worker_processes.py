@@ -165,6 +165,22 @@ async def test_two_worker_processes_run_a_batch_of_200_three_process_chains(
     assert all(w.driven for w in workers)
 
 
+@asynccontextmanager
+async def submitting(
+    client: PubSub, inputs: list[Any], configs: list[dict[str, Any]]
+) -> AsyncIterator[list[Any]]:
+    """Submit ``client.abatch(inputs, configs)`` in the background; the yielded
+    list holds the results once the block (and the batch) has finished."""
+    results: list[Any] = []
+
+    async def submit() -> None:
+        results.extend(await client.abatch(inputs, configs))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(submit)
+        yield results
+
+
 async def test_a_killed_worker_loses_no_run_and_stores_nothing_twice(
     redis_url: str, redis_prefix: str, work_key_cleaned: None
 ) -> None:
@@ -172,14 +188,8 @@ async def test_a_killed_worker_loses_no_run_and_stores_nothing_twice(
     configs = [{"state_id": f"kill-{x}"} for x in range(40)]
     async with worker_processes("slow_chain", redis_url, redis_prefix) as (victim, survivor):
         async with client_of(worker_app.slow_chain, redis_url, redis_prefix) as client:
-            results: list[Any] = []
-
-            async def submit() -> None:
-                results.extend(await client.abatch(list(range(40)), configs))
-
             with anyio.fail_after(120):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(submit)
+                async with submitting(client, list(range(40)), configs) as results:
                     await victim.wait_for_runs(3)
                     victim.process.send_signal(signal.SIGKILL)
                     assert await victim.process.wait() == -signal.SIGKILL
@@ -200,14 +210,8 @@ async def test_sigterm_lets_a_worker_finish_within_its_grace_period_and_lose_not
     configs = [{"state_id": f"term-{x}"} for x in range(40)]
     async with worker_processes("slow_chain", redis_url, redis_prefix, grace=grace) as (stopped, other):
         async with client_of(worker_app.slow_chain, redis_url, redis_prefix) as client:
-            results: list[Any] = []
-
-            async def submit() -> None:
-                results.extend(await client.abatch(list(range(40)), configs))
-
             with anyio.fail_after(120):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(submit)
+                async with submitting(client, list(range(40)), configs) as results:
                     await stopped.wait_for_runs(3)
                     began = time.monotonic()
                     stopped.process.send_signal(signal.SIGTERM)

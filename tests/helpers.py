@@ -1,0 +1,52 @@
+"""Small helpers shared by test modules (imported as ``helpers``)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from permflow import PubSubConnection
+
+
+def call_with_deadline(func: Callable[[], Any], seconds: float = 20) -> Any:
+    """Call ``func`` in a daemon thread; fail (instead of hanging) if it does not return."""
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append(("ok", func()))
+        except BaseException as exc:
+            box.append(("error", exc))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"call did not return within {seconds}s: deadlock")
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+async def wakes_a_waiter(
+    connection: PubSubConnection, state_id: str, action: Callable[[], Awaitable[object]]
+) -> None:
+    """Start a ``wait_for_change`` on ``state_id``, run ``action``, and return once the
+    waiter woke (a 10 s backstop fails the test if it never does)."""
+    woke = anyio.Event()
+
+    async def waiter() -> None:
+        await connection.wait_for_change(state_id, 30)
+        woke.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            await action()
+            await woke.wait()
