@@ -172,6 +172,12 @@ class Run:
                 self._fail(exc)
             tg.cancel_scope.cancel()
 
+    def failure_record(self, exc: BaseException) -> dict[str, Any]:
+        """How this run failed, for a client of workers: where (when a step
+        failed) and what."""
+        process, topic = self.failed_at or (None, None)
+        return {"process": process, "topic": topic, **_describe(exc)}
+
     async def _renew_leases(self) -> None:
         while True:
             await anyio.sleep(self.conn.lease / 3)
@@ -384,17 +390,13 @@ def _depth(message: Message) -> int:
     return message.depth
 
 
+def _describe(exc: BaseException) -> dict[str, Any]:
+    """An exception as JSON-compatible fields: its type name and message."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return {"error": name, "message": str(exc), "permflow": isinstance(exc, PermflowError)}
+
+
 def _error_record(process: str, topic: str, value: Any, exc: BaseException, attempt: int) -> dict[str, Any]:
     """What a ``Topic.ERROR`` message carries: JSON-compatible, self-describing."""
-    kind = type(exc)
-    return {
-        "process": process,
-        "topic": topic,
-        "input": value,
-        "error": kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}",
-        "message": str(exc),
-        "attempt": attempt,
-        "permflow": isinstance(exc, PermflowError),
-    }
+    return {"process": process, "topic": topic, "input": value, **_describe(exc), "attempt": attempt}

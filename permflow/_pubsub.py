@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import queue
@@ -304,10 +306,9 @@ class PubSub(Runnable):
             finally:
                 if not future.done():
                     p.call(scopes[0].cancel)
-                    try:
+                    # the run was cancelled on purpose; its outcome no longer matters
+                    with contextlib.suppress(concurrent.futures.CancelledError, Exception):
                         future.result()
-                    except BaseException:  # the run was cancelled on purpose
-                        pass
 
 
 def _settings(base: Settings, overrides: Mapping[str, Any]) -> Settings:

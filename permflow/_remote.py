@@ -48,15 +48,20 @@ def rebuild_error(state_id: str, record: dict[str, Any]) -> Exception:
     text = str(record.get("message", ""))
     where = f"in process {record.get('process')!r} on a worker (state id {state_id!r})"
     if isinstance(kind, type) and issubclass(kind, Exception):
-        try:
-            error = kind(text)
-        except Exception:  # an exception type with an unusual constructor
-            pass
-        else:
+        error = _construct(kind, text)
+        if error is not None:
             if hasattr(error, "add_note"):
                 error.add_note(f"permflow: raised {where}")
             return error
     return WorkerRunError(f"{record.get('error')}: {text} ({where})", dict(record))
+
+
+def _construct(kind: type[Exception], text: str) -> Exception | None:
+    """``kind(text)``, or None for a type whose constructor wants more."""
+    try:
+        return kind(text)
+    except Exception:
+        return None
 
 
 class RemoteRun:

@@ -15,6 +15,7 @@ The run's own tasks still live in one task group inside the helper task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import math
 import threading
@@ -97,10 +98,8 @@ class MessageStream:
     async def __anext__(self) -> Message:
         if self._helper is None:
             self._helper = _Helper(self._run, self._send)
-        try:
+        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
             return await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            pass
         await self.aclose()
         if self._helper.failure is not None:
             raise self._helper.failure

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._engine import Capacity, Run, _error_record
+from ._engine import Capacity, Run
 from .connections._base import Claim
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class Worker:
                     try:
                         await run.execute(None, None, counts=counts)
                     except Exception as exc:
-                        record = _failure_record(run, exc)
+                        record = run.failure_record(exc)
                         log.warning("run %s failed on worker %s: %s", sid, self.name, record)
                         await conn.mark_failed(sid, record)
                     finally:
@@ -177,11 +177,3 @@ class Worker:
 
 def _ignore(message: object) -> None:
     return None
-
-
-def _failure_record(run: Run, exc: BaseException) -> dict[str, Any]:
-    process, topic = run.failed_at or (None, None)
-    record = _error_record(process or "", topic or "", None, exc, 0)
-    del record["input"], record["attempt"]
-    record.update(process=process, topic=topic)
-    return record

@@ -146,36 +146,42 @@ class PubSubConnection(ABC):
         clears the failure and stop marks; a worker calling others in
         (``help=True``) keeps them. Raises ``NotImplementedError`` if the
         connection has no workers."""
-        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+        raise self._no_workers()
 
     async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
         """Up to ``limit`` announced state ids for ``worker`` to drive: those of
         workers silent for ``lease`` first, then new ones. Waits up to
         ``max_seconds`` when there are none."""
-        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+        raise self._no_workers()
 
     async def renew_claims(self, worker: str) -> None:  # noqa: B027
         """Keep ``worker``'s claims alive (stores with leases)."""
 
     async def finish(self, claim: Claim, *, hand_back: bool = False) -> None:
         """Done with ``claim``; with ``hand_back`` another worker may take it now."""
-        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+        raise self._no_workers()
 
     async def mark_failed(self, state_id: str, record: dict[str, object]) -> None:
         """Record that the run of ``state_id`` failed (JSON-compatible ``record``)."""
-        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+        raise self._no_workers()
 
     async def failure(self, state_id: str) -> dict[str, object] | None:
         """The failure recorded for ``state_id`` since its last announcement."""
-        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+        raise self._no_workers()
 
     async def request_stop(self, state_id: str) -> None:
         """Ask the workers driving ``state_id`` to stop it (a client left early)."""
-        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+        raise self._no_workers()
 
     async def stop_requested(self, state_id: str) -> bool:
         """Whether a stop was requested since the last announcement."""
-        raise NotImplementedError(f"{type(self).__name__} does not support workers")
+        raise self._no_workers()
+
+    def _no_workers(self) -> NotImplementedError:
+        return NotImplementedError(
+            f"{type(self).__name__} does not support workers: use a connection that does "
+            "(InMemoryPubSubConnection in one process, RedisPubSubConnection across processes)"
+        )
 
     def peek(self, state_id: str) -> list[Message]:
         """Sync twin of ``apeek`` (runs on permflow's background loop)."""
