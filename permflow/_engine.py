@@ -112,6 +112,8 @@ class Run:
         else:
             self._steps = anyio.CapacityLimiter(limit) if limit else None
         self._threads = anyio.CapacityLimiter(limit or _DEFAULT_THREADS)
+        # no timeout, slot or trace around steps: call them directly (the hot path)
+        self._plain = settings.step_timeout is None and self._steps is None and settings.trace is None
 
     async def execute(self, topic: str | None, value: Any, *, counts: dict[str, int] | None = None) -> None:
         """Publish ``value`` on ``topic`` (unless topic is None), run to idle.
@@ -302,7 +304,7 @@ class Run:
         value = [m.value for m in messages] if step.join else source.value
         ctx = StepContext(self._threads)
         try:
-            if settings.step_timeout is None and self._steps is None and settings.trace is None:
+            if self._plain:
                 await step.process.ainvoke(value, {RUN_KEY: ctx})
             else:
                 await self._invoke_guarded(step, value, ctx, source)
