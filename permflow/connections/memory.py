@@ -18,6 +18,22 @@ from ._base import Claim, PubSubConnection, Subscription
 __all__ = ["InMemoryPubSubConnection"]
 
 
+#: Waiters on other threads (or event loops) are not woken directly; they wait
+#: at most this long before looking again.
+_CROSS_THREAD_POLL = 0.05
+
+
+def _wake(waiters: list[tuple[int, anyio.Event]]) -> list[tuple[int, anyio.Event]]:
+    """Set the events of this thread's waiters; return the others'."""
+    if not waiters:
+        return waiters
+    me = threading.get_ident()
+    for thread, event in waiters:
+        if thread == me:
+            event.set()
+    return [w for w in waiters if w[0] != me]
+
+
 class _Pending:
     __slots__ = ("attempts", "owner")
 
@@ -68,6 +84,7 @@ class InMemoryPubSubConnection(PubSubConnection):
         self._claim_ids = itertools.count(1)
         self._failed: dict[str, dict[str, object]] = {}
         self._stopping: set[str] = set()
+        self._claim_waiters: list[tuple[int, anyio.Event]] = []
 
     def _state(self, state_id: str) -> _State:
         state = self._states.get(state_id)
@@ -104,12 +121,7 @@ class InMemoryPubSubConnection(PubSubConnection):
         return stored
 
     def _notify(self, state: _State) -> None:
-        if state.waiters:
-            me = threading.get_ident()
-            for thread, event in state.waiters:
-                if thread == me:  # other threads' waiters time out and re-check
-                    event.set()
-            state.waiters = [w for w in state.waiters if w[0] != me]
+        state.waiters = _wake(state.waiters)
 
     async def publish(self, state_id: str, messages: Sequence[Message]) -> list[Message]:
         with self._lock:
@@ -207,7 +219,7 @@ class InMemoryPubSubConnection(PubSubConnection):
         event = anyio.Event()
         with self._lock:
             self._state(state_id).waiters.append((threading.get_ident(), event))
-        with anyio.move_on_after(min(max_seconds, 0.05)):
+        with anyio.move_on_after(min(max_seconds, _CROSS_THREAD_POLL)):
             await event.wait()
 
     async def adelete(self, state_id: str) -> None:
@@ -224,6 +236,7 @@ class InMemoryPubSubConnection(PubSubConnection):
                 self._failed.pop(state_id, None)
                 self._stopping.discard(state_id)
             self._announced.append((next(self._claim_ids), state_id, help))
+            self._claim_waiters = _wake(self._claim_waiters)
 
     async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
         with anyio.move_on_after(max_seconds):
@@ -234,9 +247,13 @@ class InMemoryPubSubConnection(PubSubConnection):
                         number, state_id, help = self._announced.popleft()
                         self._claimed[number] = (worker, state_id)
                         claims.append(Claim(state_id, number, help))
+                    if not claims:
+                        event = anyio.Event()
+                        self._claim_waiters.append((threading.get_ident(), event))
                 if claims:
                     return claims
-                await anyio.sleep(0.01)  # in-process polling; Redis blocks on the server
+                with anyio.move_on_after(_CROSS_THREAD_POLL):
+                    await event.wait()
         return []
 
     async def finish(self, claim: Claim, *, hand_back: bool = False) -> None:
@@ -244,6 +261,7 @@ class InMemoryPubSubConnection(PubSubConnection):
             entry = self._claimed.pop(claim.handle, None)  # type: ignore[call-overload]
             if hand_back and entry is not None:
                 self._announced.appendleft((next(self._claim_ids), claim.state_id, claim.help))
+                self._claim_waiters = _wake(self._claim_waiters)
 
     async def mark_failed(self, state_id: str, record: dict[str, object]) -> None:
         with self._lock:
