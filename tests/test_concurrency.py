@@ -176,11 +176,14 @@ async def test_step_timeout_fails_the_run_with_timeout_error() -> None:
 
 
 @pytest.mark.anyio
-async def test_step_timeout_from_config() -> None:
-    """step_timeout given in config applies to that call."""
+@pytest.mark.parametrize(
+    ("setting", "error"), [("step_timeout", TimeoutError), ("timeout", RunTimeoutError)]
+)
+async def test_timeouts_from_config(setting: str, error: type[Exception]) -> None:
+    """step_timeout and timeout given in config apply to that call."""
     with anyio.fail_after(5):
-        with pytest.raises(TimeoutError):
-            await _stuck().ainvoke(1, {"step_timeout": 0.05})
+        with pytest.raises(error):
+            await _stuck().ainvoke(1, {setting: 0.05})
 
 
 @pytest.mark.anyio
@@ -209,14 +212,6 @@ async def test_run_timeout_raises_run_timeout_error() -> None:
     assert isinstance(info.value, TimeoutError)
     assert isinstance(info.value, PermflowError)
     assert [m.topic for m in await pubsub.apeek("slow-run")] == ["__in__"]
-
-
-@pytest.mark.anyio
-async def test_run_timeout_from_config() -> None:
-    """timeout given in config bounds that call."""
-    with anyio.fail_after(5):
-        with pytest.raises(RunTimeoutError):
-            await _stuck().ainvoke(1, {"timeout": 0.05})
 
 
 @pytest.mark.anyio
