@@ -10,8 +10,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .._message import Message
-from .._serialization import CorruptEntryError, Serializer
+from ..._message import Message
+from ..._serialization import CorruptEntryError, Serializer
 
 __all__ = [
     "decode",

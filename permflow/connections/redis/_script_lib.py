@@ -1,7 +1,7 @@
 """Lua functions the run scripts of the Redis connection share.
 
 ``PRELUDE`` names the keys and arguments every run script gets (see
-``_redis_scripts``) and the small helpers; ``STORE_LIB`` appends messages to the
+``_scripts``) and the small helpers; ``STORE_LIB`` appends messages to the
 log and topic streams (trimming them if asked); ``FETCH_LIB`` hands a process's
 deliveries to an owner. A script is the concatenation of the pieces it uses.
 """

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from .._errors import ConnectionFailedError
-from .._message import Message
-from .._serialization import Serializer, resolve_serializer
-from . import _redis_codec as codec
-from . import _redis_scripts as lua
-from ._base import PubSubConnection
-from ._redis_client import Bound
+from ..._errors import ConnectionFailedError
+from ..._message import Message
+from ..._serialization import Serializer, resolve_serializer
+from .._base import PubSubConnection
+from . import _codec as codec
+from . import _scripts as lua
+from ._client import Bound
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -204,6 +204,6 @@ class RedisCore(PubSubConnection):
 
     def close(self) -> None:
         """Sync twin of ``aclose``."""
-        from .._portal import run_sync
+        from ..._portal import run_sync
 
         run_sync(self.aclose)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from . import _redis_scripts as lua
-from . import _redis_work_scripts as work_lua
+from . import _scripts as lua
+from . import _work_scripts as work_lua
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

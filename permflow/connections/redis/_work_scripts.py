@@ -9,7 +9,7 @@ nothing else.
 
 from __future__ import annotations
 
-from ._redis_script_lib import PRELUDE
+from ._script_lib import PRELUDE
 
 __all__ = ["ANNOUNCE", "CLAIM", "FINISH", "PROGRESS", "RENEW_CLAIMS", "UNMARK"]
 

@@ -15,12 +15,12 @@ import re
 from collections.abc import Sequence
 from typing import cast
 
-from .._message import Message
-from .._serialization import CorruptEntryError
-from . import _redis_codec as codec
-from ._base import Claim, Progress
-from ._redis_core import RedisCore
-from ._redis_runs import _seen
+from ..._message import Message
+from ..._serialization import CorruptEntryError
+from .._base import Claim, Progress
+from . import _codec as codec
+from ._core import RedisCore
+from ._runs import _seen
 
 __all__ = ["RedisWork"]
 
@@ -193,7 +193,7 @@ class RedisWork(RedisCore):
 
     def run_summaries(self) -> list[dict[str, object]]:
         """Sync twin of ``arun_summaries``."""
-        from .._portal import run_sync
+        from ..._portal import run_sync
 
         return run_sync(self.arun_summaries)
 
@@ -212,6 +212,6 @@ class RedisWork(RedisCore):
 
     def state_ids(self) -> list[str]:
         """Sync twin of ``astate_ids``."""
-        from .._portal import run_sync
+        from ..._portal import run_sync
 
         return run_sync(self.astate_ids)

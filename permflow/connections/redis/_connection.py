@@ -1,22 +1,18 @@
-"""The distributed connection: runs stored in Redis Streams.
-
-Importing this module does not import ``redis``; the client library is loaded
-when a connection is first used (install it with ``pip install permflow[redis]``).
-"""
+"""``RedisPubSubConnection``: how it is made (from a URL or a client)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast, final
 from urllib.parse import urlsplit, urlunsplit
 
-from .._serialization import CorruptEntryError, Serializer
-from ._redis_runs import RedisRuns
-from ._redis_work import RedisWork
+from ..._serialization import Serializer
+from ._runs import RedisRuns
+from ._work import RedisWork
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["CorruptEntryError", "RedisPubSubConnection"]
+__all__ = ["RedisPubSubConnection"]
 
 
 @final

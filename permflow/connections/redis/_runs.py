@@ -1,7 +1,7 @@
 """The run protocol of the Redis connection: register, publish, fetch, commit,
 release, renew, outstanding, peek, wait for change, delete.
 
-Each state change is one script (``_redis_scripts``). A commit also fetches,
+Each state change is one script (``_scripts``). A commit also fetches,
 for its owner, the readers of what it stored: the fetch the engine makes next
 then costs no round trip.
 """
@@ -15,14 +15,14 @@ from typing import Any, NoReturn
 
 import anyio
 
-from .._errors import ConnectionFailedError, DefinitionError
-from .._message import Delivery, Message
-from .._serialization import CorruptEntryError
-from . import _redis_codec as codec
-from . import _redis_scripts as lua
-from ._base import Subscription
-from ._redis_client import Bound
-from ._redis_core import RedisCore
+from ..._errors import ConnectionFailedError, DefinitionError
+from ..._message import Delivery, Message
+from ..._serialization import CorruptEntryError
+from .._base import Subscription
+from . import _codec as codec
+from . import _scripts as lua
+from ._client import Bound
+from ._core import RedisCore
 
 __all__ = ["RedisRuns"]
 

@@ -21,13 +21,13 @@ Inflight deliveries are the pending-entries lists of the consumer groups; the
 consumer is the owner string. Released deliveries move to the consumer
 ``RELEASED`` so any owner can take them at once.
 
-Work distribution has scripts of its own (``_redis_work_scripts``); the marks
+Work distribution has scripts of its own (``_work_scripts``); the marks
 ``B:failed`` and ``B:stop`` are set here (``MARK``) and deleted with the run.
 """
 
 from __future__ import annotations
 
-from ._redis_script_lib import FETCH_LIB, PRELUDE, STORE_LIB
+from ._script_lib import FETCH_LIB, PRELUDE, STORE_LIB
 
 __all__ = [
     "COMMIT",
