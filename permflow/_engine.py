@@ -28,7 +28,8 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from ._context import RUN_KEY, StepContext
-from ._errors import PermflowError, PoisonMessageError, RunTimeoutError
+from ._errors import ConnectionFailedError, PermflowError, PoisonMessageError, RunTimeoutError
+from ._gate import Gate
 from ._lineage import check_repeat, depth_exceeded
 from ._message import Delivery, Message
 from ._topic import ERROR_NAME
@@ -47,6 +48,10 @@ _log = logging.getLogger("permflow.run")
 #: each step execution (e.g. an OpenTelemetry span); see ``PubSub(trace=...)``.
 Tracer = Callable[[str, Message], AbstractContextManager[Any]]
 _HELP_INTERVAL = 0.2  # seconds between a worker's calls for help on one run
+#: Seconds the cleanup after a failed, timed-out or cancelled run may take (handing
+#: deliveries back). A store that does not answer by then is left to the lease,
+#: and the connection hands them back before its next run of the state id.
+CLEANUP_SECONDS = 0.5
 _OWNER_TAG = uuid.uuid4().hex[:12]
 _owner_numbers = itertools.count(1)
 
@@ -70,6 +75,8 @@ class Capacity:
     limiter: anyio.CapacityLimiter
     call_for_help: Callable[[str], Awaitable[None]]
     report_failure: Callable[[str, dict[str, Any]], Awaitable[None]]
+    #: Where suspects run alone: one gate for every run of the worker.
+    gate: Gate
 
 
 class Run:
@@ -112,8 +119,19 @@ class Run:
         else:
             self._steps = anyio.CapacityLimiter(limit) if limit else None
         self._threads = anyio.CapacityLimiter(limit or _DEFAULT_THREADS)
-        # no timeout, slot or trace around steps: call them directly (the hot path)
-        self._plain = settings.step_timeout is None and self._steps is None and settings.trace is None
+        # Suspects exist only where leases run out (stores that outlive drivers).
+        self._gate: Gate | None = None
+        if capacity is not None:
+            self._gate = capacity.gate
+        elif connection.lease != math.inf:
+            self._gate = Gate()
+        # no timeout, slot, trace or gate around steps: call them directly (the hot path)
+        self._plain = (
+            settings.step_timeout is None
+            and self._steps is None
+            and settings.trace is None
+            and self._gate is None
+        )
 
     async def execute(self, topic: str | None, value: Any, *, counts: dict[str, int] | None = None) -> None:
         """Publish ``value`` on ``topic`` (unless topic is None), run to idle.
@@ -124,24 +142,22 @@ class Run:
         """
         conn, sid = self.conn, self.state_id
         self._counts = counts
-        if counts is None:
-            await conn.register(sid, self.plan.subscriptions)
         timeout = self.settings.timeout
-        deadline = None if timeout is None else anyio.move_on_after(timeout)
+        deadline = anyio.move_on_after(timeout) if timeout is not None else nullcontext()
         clean = False
         try:
-            if deadline is None:
+            with deadline:
+                if counts is None:
+                    await conn.register(sid, self.plan.subscriptions)
                 await self._run_group(topic, value)
-            else:
-                with deadline:
-                    await self._run_group(topic, value)
-            clean = self._failure is None and not (deadline and deadline.cancelled_caught)
+            timed_out = isinstance(deadline, anyio.CancelScope) and deadline.cancelled_caught
+            clean = self._failure is None and not timed_out
         finally:
             if self._held or (self._fetched and not clean):
                 await self._release(keep_quiet=not clean)
         if self._failure is not None:
             raise self._failure
-        if deadline is not None and deadline.cancelled_caught:
+        if timed_out:
             raise RunTimeoutError(
                 f"run {sid!r} did not finish within timeout={timeout}s; its unfinished "
                 "deliveries stay pending: invoke the same state id again to resume"
@@ -149,14 +165,22 @@ class Run:
 
     async def _release(self, *, keep_quiet: bool) -> None:
         """Hand back what this run may hold (also deliveries a cancelled fetch
-        may have taken). When the run already failed, a failing release must
-        not hide that error: the store's lease reclaims the work instead."""
-        with anyio.CancelScope(shield=True):
+        may have taken), within ``CLEANUP_SECONDS``. When the run already
+        failed, a failing release must not hide that error: the lease (or the
+        connection's next run of this state id) hands them back instead."""
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + CLEANUP_SECONDS
             try:
                 await self.conn.release(self.state_id, self.owner)
             except Exception:
                 if not keep_quiet:
                     raise
+                _log.info("could not hand back the deliveries of state id %r; the lease will", self.state_id)
+        if scope.cancelled_caught and not keep_quiet:
+            raise ConnectionFailedError(
+                f"the store did not answer within {CLEANUP_SECONDS}s while handing back the "
+                f"deliveries of state id {self.state_id!r}"
+            )
 
     async def _run_group(self, topic: str | None, value: Any) -> None:
         async with anyio.create_task_group() as tg:
@@ -181,9 +205,29 @@ class Run:
         return {"process": process, "topic": topic, **_describe(exc)}
 
     async def _renew_leases(self) -> None:
+        """Renew every ``lease / 3``; ride out a failing store until the lease
+        would run out, then fail the run with the store's error."""
+        lease = self.conn.lease
+        interval = lease / 3
+        renewed = anyio.current_time()
+        wait = interval
         while True:
-            await anyio.sleep(self.conn.lease / 3)
-            await self.conn.renew(self.state_id, self.owner)
+            await anyio.sleep(wait)
+            try:
+                await self.conn.renew(self.state_id, self.owner)
+            except ConnectionFailedError as exc:
+                retry = min(interval, 0.5)
+                if anyio.current_time() - renewed + retry >= lease:
+                    self._fail(exc)
+                    return
+                _log.info("renewing the leases of state id %r failed, retrying: %s", self.state_id, exc)
+                wait = retry
+            except Exception as exc:
+                self._fail(exc)
+                return
+            else:
+                renewed = anyio.current_time()
+                wait = interval
 
     async def _drive(self, ready: list[tuple[Step, Delivery]]) -> None:
         """Run ``ready`` (the last one in this task), then whatever the
@@ -298,6 +342,24 @@ class Run:
             )
             if delivery.attempt > settings.max_deliveries:
                 return await self._dead_letter(step, delivery, source)
+        if delivery.suspect and self._gate is not None:
+            # Its last holder vanished holding it: it may be what killed that holder.
+            # Run it alone, and charge the attempt only now that it starts.
+            await self._gate.enter_alone()
+            try:
+                if not await self.conn.charge(delivery, owner=self.owner):
+                    self._held -= 1
+                    return []
+                return await self._run_step(step, delivery, source, alone=True)
+            finally:
+                self._gate.leave_alone()
+        return await self._run_step(step, delivery, source)
+
+    async def _run_step(
+        self, step: Step, delivery: Delivery, source: Message, *, alone: bool = False
+    ) -> list[tuple[Step, Delivery]]:
+        settings = self.settings
+        messages = delivery.messages
         trail = source.trail
         if step.on_cycle:
             trail = (*trail, check_repeat(step.name, source, trail))
@@ -307,7 +369,7 @@ class Run:
             if self._plain:
                 await step.process.ainvoke(value, {RUN_KEY: ctx})
             else:
-                await self._invoke_guarded(step, value, ctx, source)
+                await self._invoke_guarded(step, value, ctx, source, alone)
         except Exception as exc:
             _log.info(
                 "process %r failed on a message of topic %r (state id %r): %r",
@@ -331,13 +393,21 @@ class Run:
         outputs = [Message(t, v, sid, now, "", depth, trail) for t, v in ctx.outbox]
         return await self._commit(step, delivery, outputs)
 
-    async def _invoke_guarded(self, step: Step, value: Any, ctx: StepContext, source: Message) -> None:
-        timeout, trace = self.settings.step_timeout, self.settings.trace
+    async def _invoke_guarded(
+        self, step: Step, value: Any, ctx: StepContext, source: Message, alone: bool
+    ) -> None:
+        timeout, trace, gate = self.settings.step_timeout, self.settings.trace, self._gate
         # a step's time starts once it has a concurrency slot
         async with self._steps if self._steps is not None else _no_slot():
-            with anyio.move_on_after(timeout) as scope:
-                with trace(step.name, source) if trace is not None else nullcontext():
-                    await step.process.ainvoke(value, {RUN_KEY: ctx})
+            if gate is not None and not alone:
+                await gate.enter()
+            try:
+                with anyio.move_on_after(timeout) as scope:
+                    with trace(step.name, source) if trace is not None else nullcontext():
+                        await step.process.ainvoke(value, {RUN_KEY: ctx})
+            finally:
+                if gate is not None and not alone:
+                    gate.leave()
         if scope.cancelled_caught:
             raise TimeoutError(
                 f"process {step.name!r} took longer than step_timeout={timeout}s on a message "

@@ -38,6 +38,9 @@ class Delivery:
     gets every not-yet-joined message of its topic in one delivery.
     ``attempt`` counts how often these messages were delivered to this
     process (1 on first delivery). ``handle`` is the connection's own token.
+    ``suspect``: its previous holder vanished while holding it (its lease
+    ran out), so it may be what killed that holder; the engine runs it alone
+    and charges the attempt (``PubSubConnection.charge``) only when it starts.
     """
 
     state_id: str
@@ -45,3 +48,4 @@ class Delivery:
     messages: tuple[Message, ...]
     attempt: int = 1
     handle: Any = None
+    suspect: bool = False

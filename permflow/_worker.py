@@ -6,6 +6,11 @@ idle with the same engine as a local ``invoke``, and finishes the claim. Many
 workers share the work: claims go to one worker each, and workers driving the
 same state id share its deliveries through the connection. A worker that
 dies holds its claims and deliveries only until its lease runs out.
+
+Faults: a worker outlives its store. While the store is unreachable it backs
+off (``_outage``) and hands its runs back; when the store returns it claims
+again. A run that cannot be driven at all (corrupt keys) is quarantined: marked
+failed, logged once, and dropped, while the worker goes on with the others.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._engine import Capacity, Run
+from ._engine import CLEANUP_SECONDS, Capacity, Run, _describe
+from ._errors import ConnectionFailedError
+from ._gate import Gate
+from ._outage import Outage
+from ._serialization import CorruptEntryError
 from .connections._base import Claim
 
 if TYPE_CHECKING:
@@ -83,9 +92,10 @@ class Worker:
             stopping.set()
         runs = anyio.CapacityLimiter(self.concurrency)
         capacity = Capacity(
-            anyio.CapacityLimiter(self.concurrency), self._call_for_help, self.connection.mark_failed
+            anyio.CapacityLimiter(self.concurrency), self._call_for_help, self.connection.mark_failed, Gate()
         )
-        log.info("worker %s started (concurrency %d)", self.name, self.concurrency)
+        outage = Outage(f"worker {self.name}", log)
+        log.info("worker %s started (concurrency %d) on %r", self.name, self.concurrency, self.connection)
         async with anyio.create_task_group() as drivers:
             if self.connection.lease != math.inf:
                 drivers.start_soon(self._renew)
@@ -99,7 +109,12 @@ class Worker:
                     with anyio.move_on_after(0.05):  # step slots free up without a signal
                         await self._room.wait()
                     continue
-                claimed = await self.connection.claim(self.name, limit=free, max_seconds=0.5)
+                try:
+                    claimed = await self.connection.claim(self.name, limit=free, max_seconds=0.5)
+                except ConnectionFailedError as exc:
+                    await outage.failed(exc, stopping)
+                    continue
+                outage.recovered()
                 for claim in claimed:
                     borrower = object()  # a claim can come back equal to one held
                     runs.acquire_on_behalf_of_nowait(borrower)
@@ -113,19 +128,30 @@ class Worker:
         log.info("worker %s stopped after %d runs", self.name, self.runs_done)
 
     async def _renew(self) -> None:
-        """Keep the claims and the runs' deliveries alive: one task for all runs."""
+        """Keep the claims and the runs' deliveries alive: one task for all runs.
+        A failed renewal is tried again next time: the lease outlasts two."""
         while True:
             await anyio.sleep(self.connection.lease / 3)
-            await self.connection.renew_claims(self.name)
-            for run in list(self._runs):
-                await self.connection.renew(run.state_id, run.owner)
+            try:
+                await self.connection.renew_claims(self.name)
+                for run in list(self._runs):
+                    await self.connection.renew(run.state_id, run.owner)
+            except ConnectionFailedError as exc:
+                log.debug("worker %s could not renew its leases: %s", self.name, exc)
+            except Exception as exc:  # one run's keys are broken: its own driver finds out
+                log.debug("worker %s could not renew a lease: %r", self.name, exc)
 
     async def _watch_stops(self) -> None:
         """Cancel the runs whose client asked to stop (one task for all runs)."""
         while True:
             await anyio.sleep(_STOP_POLL_SECONDS)
             for run, scope in list(self._runs.items()):
-                if not scope.cancel_called and await self.connection.stop_requested(run.state_id):
+                try:
+                    asked = not scope.cancel_called and await self.connection.stop_requested(run.state_id)
+                except Exception as exc:  # the store is away, or the run's keys are broken
+                    log.debug("worker %s could not check for stop requests: %r", self.name, exc)
+                    break
+                if asked:
                     log.info("worker %s stops state id %s on request", self.name, run.state_id)
                     scope.cancel()
 
@@ -141,23 +167,21 @@ class Worker:
         try:
             # a call for help this worker made itself is of no use to it: hand it back
             helping_myself = self._driving[sid] > 1
-            # a call for help for a run its client has left since is of no use either
-            stale = claim.help and not helping_myself and await conn.stop_requested(sid)
-            counts = {} if helping_myself or stale else await conn.outstanding(sid, plan.names)
-            if any(counts.values()):
-                log.debug("worker %s drives state id %s", self.name, sid)
-                run = Run(plan, conn, sid, self.pubsub.settings, _ignore, capacity)
-                with anyio.CancelScope() as scope:
-                    self._runs[run] = scope
-                    try:
-                        await run.execute(None, None, counts=counts)
-                    except Exception as exc:
-                        record = run.failure_record(exc)
-                        log.warning("run %s failed on worker %s: %s", sid, self.name, record)
-                        await conn.mark_failed(sid, record)
-                    finally:
-                        del self._runs[run]
-                self.runs_done += 1
+            try:
+                # a call for help for a run its client has left since is of no use either
+                stale = claim.help and not helping_myself and await conn.stop_requested(sid)
+                counts = {} if helping_myself or stale else await conn.outstanding(sid, plan.names)
+                if any(counts.values()):
+                    log.debug("worker %s drives state id %s", self.name, sid)
+                    await self._run(sid, counts, capacity)
+                    self.runs_done += 1
+            except ConnectionFailedError as exc:
+                # The store went away: the run stays as stored. Hand the claim back
+                # (or let it lapse) so that a worker takes the run up when it returns.
+                log.info("worker %s hands back state id %s: %s", self.name, sid, exc)
+                return
+            except Exception as exc:
+                await self._quarantine(sid, exc)
             if helping_myself:  # hand it back, after a moment so others can take it
                 await anyio.sleep(_HAND_BACK_SECONDS)
             finished = not helping_myself
@@ -168,11 +192,39 @@ class Worker:
             runs.release_on_behalf_of(borrower)  # the slot is free: finishing needs none
             self._room.set()
             try:
-                with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True) as scope:
+                    scope.deadline = anyio.current_time() + CLEANUP_SECONDS
                     await conn.finish(claim, hand_back=not finished)
+            except Exception as exc:  # the store is away: the claim lapses after the lease
+                log.debug("worker %s could not finish its claim on %s: %r", self.name, sid, exc)
             finally:
                 self._running -= 1
                 self._room.set()
+
+    async def _run(self, sid: str, counts: dict[str, int], capacity: Capacity) -> None:
+        """Drive ``sid`` to idle; a failed run is marked failed for its client."""
+        run = Run(self.pubsub._plan, self.connection, sid, self.pubsub.settings, _ignore, capacity)
+        with anyio.CancelScope() as scope:
+            self._runs[run] = scope
+            try:
+                await run.execute(None, None, counts=counts)
+            except (ConnectionFailedError, CorruptEntryError):
+                raise  # the store, not the run: handed back or quarantined by the caller
+            except Exception as exc:
+                record = run.failure_record(exc)
+                log.warning("run %s failed on worker %s: %s", sid, self.name, record)
+                await self.connection.mark_failed(sid, record)
+            finally:
+                del self._runs[run]
+
+    async def _quarantine(self, sid: str, exc: Exception) -> None:
+        """``sid`` cannot be driven (its keys are corrupt, say): say so once, mark
+        it failed if its keys allow, and let it go. Other runs are untouched."""
+        log.warning("worker %s quarantined state id %s: %r", self.name, sid, exc)
+        try:
+            await self.connection.mark_failed(sid, {"process": None, "topic": None, **_describe(exc)})
+        except Exception as mark_exc:
+            log.warning("worker %s could not mark state id %s failed: %r", self.name, sid, mark_exc)
 
 
 def _ignore(message: object) -> None:

@@ -493,19 +493,42 @@ async def test_a_failing_step_fails_invoke_with_its_own_error(conn: RedisPubSubC
 async def test_poison_counts_survive_crashed_owners(
     conn: RedisPubSubConnection, raw: Any, redis_prefix: str
 ) -> None:
-    """Deliveries taken by owners that died count as attempts, so the engine dead-letters them."""
+    """Owners that died while running a delivery's step count as attempts, so the engine dead-letters it."""
     pubsub = PubSub(
         Topic.IN.subscribe() | (lambda x: x) | Topic.OUT.publish(), connection=conn, max_deliveries=2
     )
     (name,) = pubsub.process_names
     await conn.register("s", [Subscription(name, "__in__")])
     await conn.publish("s", [msg("__in__", "poison")])
-    for crashed in ("dead-1", "dead-2"):
-        await conn.fetch("s", name, owner=crashed)
-        await age(raw, redis_prefix, "s", "__in__", name, 60)
+    (first,) = await conn.fetch("s", name, owner="dead-1")  # its step started, then the owner died
+    assert (first.attempt, first.suspect) == (1, False)
+    await age(raw, redis_prefix, "s", "__in__", name, 60)
+    (again,) = await conn.fetch("s", name, owner="dead-2")
+    assert (again.attempt, again.suspect) == (2, True)
+    assert await conn.charge(again, owner="dead-2")  # dead-2 started its step too, then died
+    await age(raw, redis_prefix, "s", "__in__", name, 60)
     with anyio.fail_after(10), pytest.raises(PoisonMessageError, match="2 times"):
         await pubsub.ainvoke(None, {"state_id": "s"})
     assert [m.topic for m in await conn.apeek("s")] == ["__in__", "__error__"]
+
+
+async def test_owners_that_died_before_the_step_charge_nothing(
+    conn: RedisPubSubConnection, raw: Any, redis_prefix: str
+) -> None:
+    """A delivery whose owners died holding it, but never started its step as a suspect, is not charged."""
+    pubsub = PubSub(
+        Topic.IN.subscribe() | (lambda x: x) | Topic.OUT.publish(), connection=conn, max_deliveries=2
+    )
+    (name,) = pubsub.process_names
+    await conn.register("s", [Subscription(name, "__in__")])
+    await conn.publish("s", [msg("__in__", "healthy")])
+    for crashed in ("dead-1", "dead-2", "dead-3", "dead-4"):
+        (held,) = await conn.fetch("s", name, owner=crashed)
+        assert held.attempt == 2 if crashed != "dead-1" else held.attempt == 1
+        await age(raw, redis_prefix, "s", "__in__", name, 60)
+    with anyio.fail_after(10):
+        assert await pubsub.ainvoke(None, {"state_id": "s"}) == ["healthy"]
+    assert [m.topic for m in await conn.apeek("s")] == ["__in__", "__out__"]
 
 
 async def test_two_concurrent_resumers_store_outputs_once(

@@ -92,6 +92,13 @@ class PubSubConnection(ABC):
         delivery. Raises ``SerializationError`` (storing nothing) for
         unstorable values."""
 
+    async def charge(self, delivery: Delivery, *, owner: str) -> bool:
+        """Count ``delivery.attempt`` against a suspect delivery (see
+        ``Delivery.suspect``) right before its step starts, so that a crash
+        during that step is charged to it alone. False if ``owner`` no longer
+        holds it. Stores whose fetch never returns suspects keep this default."""
+        return True
+
     @abstractmethod
     async def release(self, state_id: str, owner: str) -> None:
         """Hand back every delivery of ``state_id`` held by ``owner`` so that the

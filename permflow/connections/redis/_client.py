@@ -6,6 +6,13 @@ wire, calls made meanwhile on the same loop queue up and leave together as one
 pipeline when it returns: an idle client answers at once, a busy one amortises
 the per-call cost over everything waiting. Each call is still one script, so
 each state change stays atomic; a pipeline only shares the round trip.
+
+Dropped connections: a connection the server closed while it sat idle is
+noticed before anything is sent on it and replaced. When a connection drops
+with calls on the wire, each call whose reply was lost is sent once more on a
+fresh connection, in a form that is safe whether or not the first one ran
+(``AGAIN``). A server that does not answer at all is not retried: the call
+fails after the socket timeout.
 """
 
 from __future__ import annotations
@@ -39,7 +46,17 @@ _SCRIPTS = {
     "PROGRESS": work_lua.PROGRESS,
     "ANNOUNCE": work_lua.ANNOUNCE,
     "UNMARK": work_lua.UNMARK,
+    "CHARGE": lua.CHARGE,
+    "RECOMMIT": lua.RECOMMIT,
+    "REFETCH": lua.REFETCH,
+    "REPUBLISH": lua.REPUBLISH,
 }
+
+#: What to send when a call's reply was lost with its connection. Every other
+#: script is idempotent (sending it twice does what sending it once does) or,
+#: like CLAIM, harmless twice; these three would not be, so each has a twin that
+#: first finds out what the lost call did.
+AGAIN = {"COMMIT": "RECOMMIT", "PUBLISH": "REPUBLISH", "FETCH": "REFETCH"}
 
 _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
 
@@ -47,7 +64,9 @@ _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
 class Bound:
     """One redis client and its scripts, bound to one event loop."""
 
-    def __init__(self, client: Redis, loop: asyncio.AbstractEventLoop, *, own_pool: bool) -> None:
+    def __init__(
+        self, client: Redis, loop: asyncio.AbstractEventLoop, *, own_pool: bool, reconnects: bool = True
+    ) -> None:
         self.client: Any = client  # replies are parsed by hand by the connection
         self.loop = loop
         self.scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
@@ -63,6 +82,7 @@ class Bound:
         # this connection made: a pool you passed in is not ours to hold from.
         self._keep = own_pool
         self._kept: Any = None
+        self._reconnects = reconnects
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if not self._direct and self._sender is None:
@@ -121,19 +141,36 @@ class Bound:
     ) -> list[Any]:
         """Send ``calls`` at once; their replies (an exception for a refused one).
         ``alone``: no other call is on the wire (it may use the kept connection)."""
-        from redis.exceptions import NoScriptError
+        from redis.exceptions import AuthenticationError, NoScriptError
+        from redis.exceptions import ConnectionError as Dropped
 
-        replies = await self._write_read(calls, alone)
-        lost = [k for k, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if lost:  # the server forgot the scripts (restart, SCRIPT FLUSH): load, send again
-            for name in {calls[k][0] for k in lost}:
+        replies: list[Any] = []
+        try:
+            await self._write_read(calls, alone, replies)
+        except Dropped as exc:
+            if isinstance(exc, AuthenticationError) or not self._reconnects:
+                raise
+            # The connection dropped with calls on the wire: send the unanswered ones
+            # again on a fresh connection, each in a form safe to send twice.
+            lost = [(AGAIN.get(name, name), keys, args) for name, keys, args in calls[len(replies) :]]
+            again: list[Any] = []
+            await self._write_read(lost, False, again)
+            replies += again
+        missing = [k for k, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # the server forgot the scripts (restart, SCRIPT FLUSH): load, send again
+            for name in {calls[k][0] for k in missing}:
                 await self.client.script_load(self.scripts[name].script)
-            again = await self._write_read([calls[k] for k in lost], alone)
-            for k, reply in zip(lost, again, strict=True):
+            again = []
+            await self._write_read([calls[k] for k in missing], alone, again)
+            for k, reply in zip(missing, again, strict=True):
                 replies[k] = reply
         return replies
 
-    async def _write_read(self, calls: list[tuple[str, list[str], list[Any]]], alone: bool) -> list[Any]:
+    async def _write_read(
+        self, calls: list[tuple[str, list[str], list[Any]]], alone: bool, replies: list[Any]
+    ) -> None:
+        """Send ``calls`` on one connection and append their replies to ``replies``
+        as they arrive (so a caller knows which were answered if it drops)."""
         from redis.exceptions import ResponseError
 
         pool = getattr(self.client, "connection_pool", None)
@@ -142,27 +179,43 @@ class Bound:
             for name, keys, args in calls:
                 pipe.evalsha(self.scripts[name].sha, len(keys), *keys, *args)
             async with pipe:
-                return list(await pipe.execute(raise_on_error=False))
+                replies += await pipe.execute(raise_on_error=False)
+            return
         packed = b"".join(_pack(self.scripts[name].sha, keys, args) for name, keys, args in calls)
         keep = alone and self._keep
         if keep and self._kept is not None:
-            connection = self._kept
+            connection, self._kept = self._kept, None
         else:
             connection = await pool.get_connection()
-            if keep:
-                self._kept = connection
         try:
+            await _fresh(connection)
             await connection.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
             for _ in calls:
                 try:
                     replies.append(await connection.read_response())
                 except ResponseError as exc:  # the reply was read whole: the socket stays usable
                     replies.append(exc)
-            return replies
-        finally:
-            if not keep:
-                await pool.release(connection)
+        except BaseException:
+            # redis-py closed the socket on the way out: a half-read reply never
+            # reaches the next call. The connection object goes back to the pool.
+            await pool.release(connection)
+            raise
+        if keep:
+            self._kept = connection
+        else:
+            await pool.release(connection)
+
+
+async def _fresh(connection: Any) -> None:
+    """Make sure ``connection`` is open and was not closed by the server while
+    it sat idle (a killed client, a restart): sending on it would lose the call."""
+    try:
+        stale = await connection.can_read()
+    except Exception:  # not connected, or the socket is gone
+        stale = True
+    if stale:
+        await connection.disconnect()
+        await connection.connect()
 
 
 def _pack(sha: str, keys: list[str], args: list[Any]) -> bytes:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, cast, final
 from urllib.parse import urlsplit, urlunsplit
 
 from ..._serialization import Serializer
+from ._core import SOCKET_TIMEOUT
 from ._runs import RedisRuns
 from ._work import RedisWork
 
@@ -61,6 +62,7 @@ class RedisPubSubConnection(RedisRuns, RedisWork):
         self._url: str | None = None
         self._options: dict[str, Any] = {}
         self._given: Redis | None = client
+        self._timeout = kwargs.get("socket_timeout")
         self._where = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
     @classmethod
@@ -77,14 +79,20 @@ class RedisPubSubConnection(RedisRuns, RedisWork):
     ) -> RedisPubSubConnection:
         """Connect lazily to ``url`` (``redis://``, ``rediss://``, ``unix://``,
         with optional ``user:password@``). ``client_options`` go to
-        ``redis.asyncio.BlockingConnectionPool.from_url`` (``socket_timeout``,
-        ``ssl_ca_certs`` …). Each event loop gets a pool of ``max_connections``
-        (100) connections; callers wait for a free one (``timeout``: forever)."""
+        ``redis.asyncio.BlockingConnectionPool.from_url`` (``ssl_ca_certs`` …).
+        Each event loop gets a pool of ``max_connections`` (100) connections;
+        callers wait for a free one (``timeout``: forever).
+
+        ``socket_timeout`` and ``socket_connect_timeout`` (5 s) bound how long one
+        call waits for a server that does not answer (frozen, partitioned); it
+        then fails with ``ConnectionFailedError``. A connection the server
+        dropped is replaced and the call sent again once, when that is safe."""
         if client_options.get("decode_responses"):
             raise ValueError("decode_responses must stay False: values are stored as bytes")
         self = cls.__new__(cls)
         self._configure(prefix, lease, serializer, ttl, max_stream_length)
         self._url, self._options, self._given = url, client_options, None
+        self._timeout = client_options.get("socket_timeout", SOCKET_TIMEOUT)
         self._where = _redact(url)
         return self
 

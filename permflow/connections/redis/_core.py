@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from ..._errors import ConnectionFailedError
 from ..._message import Message
 from ..._serialization import Serializer, resolve_serializer
 from .._base import PubSubConnection
 from . import _codec as codec
 from . import _scripts as lua
 from ._client import Bound
+from ._failures import convert
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -31,6 +31,26 @@ if TYPE_CHECKING:
 __all__ = ["RedisCore"]
 
 _FOREVER_MS = 2**62
+#: Seconds a call waits for Redis to answer (or to accept a connection) before
+#: it fails with ConnectionFailedError, for clients permflow makes.
+SOCKET_TIMEOUT = 5.0
+
+
+def _pool_defaults() -> dict[str, Any]:
+    """Pool options of the clients permflow makes (``from_url`` options win)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as Dropped
+
+    return {
+        "max_connections": 100,
+        "timeout": None,  # wait for a pooled connection as long as it takes
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "socket_keepalive": True,
+        # a dropped connection: once more on a fresh one; a silent server: never
+        "retry": Retry(NoBackoff(), 1, supported_errors=(Dropped,)),
+    }
 
 
 class RedisCore(PubSubConnection):
@@ -41,6 +61,7 @@ class RedisCore(PubSubConnection):
     _options: dict[str, Any]
     _given: Redis | None
     _where: str
+    _timeout: float | None
 
     def _configure(
         self,
@@ -76,6 +97,8 @@ class RedisCore(PubSubConnection):
         # finished: only these are renewed. A claim whose reply never reached its
         # caller (cancelled mid-call) is not, so another worker takes it after the lease.
         self._held: dict[str, set[str]] = {}
+        # state id -> owners whose release failed: handed back by the next register.
+        self._unreleased: dict[str, set[str]] = {}
         self._closed = False
 
     # -- plumbing ------------------------------------------------------------
@@ -109,7 +132,7 @@ class RedisCore(PubSubConnection):
                 import redis.asyncio
 
                 assert self._url is not None
-                options = {"max_connections": 100, "timeout": None, **self._options}
+                options = {**_pool_defaults(), **self._options}
                 pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
                 client = redis.asyncio.Redis.from_pool(pool)
             bound = self._bound[loop] = Bound(client, loop, own_pool=self._given is None)
@@ -117,23 +140,21 @@ class RedisCore(PubSubConnection):
 
     @contextmanager
     def _failures(self, doing: str) -> Iterator[None]:
-        from redis.exceptions import RedisError, ResponseError
+        from redis.exceptions import RedisError
 
         try:
             yield
-        except ResponseError as exc:
-            reason = str(exc).rstrip(".")
-            raise ConnectionFailedError(
-                f"Redis at {self._where} refused a command while {doing}: {reason}. A key under "
-                f"prefix {self.prefix!r} may have been written by another program: inspect it, "
-                "or delete the state id."
-            ) from exc
         except (RedisError, OSError) as exc:
-            reason = str(exc).rstrip(".")
-            raise ConnectionFailedError(
-                f"Redis at {self._where} failed while {doing}: {type(exc).__name__}: {reason}. "
-                "Check that the server is running and reachable; the next call reconnects."
+            raise convert(
+                exc, where=self._where, prefix=self.prefix, doing=doing, timeout=self._timeout
             ) from exc
+
+    def _block_ms(self, seconds: float) -> int:
+        """A blocking read's wait in ms: ``seconds`` (0 = forever), kept under the
+        socket timeout so that a quiet stream is not taken for a silent server."""
+        if self._timeout:
+            seconds = min(seconds, self._timeout / 2)
+        return 0 if math.isinf(seconds) else max(1, int(seconds * 1000))
 
     def _keys(self, state_id: str) -> tuple[list[str], list[Any]]:
         base = f"{{{self.prefix}:{codec.escape(state_id)}}}"

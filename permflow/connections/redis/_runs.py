@@ -8,14 +8,11 @@ then costs no round trip.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any, NoReturn
 
-import anyio
-
-from ..._errors import ConnectionFailedError, DefinitionError
+from ..._errors import DefinitionError
 from ..._message import Delivery, Message
 from ..._serialization import CorruptEntryError
 from .._base import Subscription
@@ -26,7 +23,6 @@ from ._core import RedisCore
 
 __all__ = ["RedisRuns"]
 
-_SHIELD_SECONDS = 30.0
 _MAX_LEARNED = 4096
 # (connection id, state key, last change id seen) - read by wait_for_change.
 _seen: ContextVar[tuple[int, str, bytes] | None] = ContextVar("permflow_redis_seen", default=None)
@@ -41,6 +37,8 @@ class RedisRuns(RedisCore):
         keys, args = self._keys(state_id)
         for sub in subscriptions:
             args += (sub.process, ("j" if sub.join else "s") + sub.topic)
+        if self._unreleased:
+            await self._release_left(state_id)
         bound = await self._ready()
         self._learn_readers(state_id, subscriptions)
         with self._failures(f"registering processes of state id {state_id!r}"):
@@ -85,16 +83,10 @@ class RedisRuns(RedisCore):
         else:
             bound = await self._ready()
             args += (process, owner, self._lease_ms, limit or 0, lua.RELEASED)
-            doing = f"fetching for process {process!r} of state id {state_id!r}"
-            # Shielded: once sent, the script hands deliveries to owner; a caller cancelled
-            # mid-flight must still learn of them, or they would wait out the lease.
-            with self._failures(doing), anyio.CancelScope(shield=True) as scope:
-                scope.deadline = anyio.current_time() + _SHIELD_SECONDS
+            # A call cancelled on the wire may still hand deliveries to owner: the
+            # run's release hands back everything owner holds when it ends.
+            with self._failures(f"fetching for process {process!r} of state id {state_id!r}"):
                 mode, topic_raw, packed = await bound.run("FETCH", keys, args)
-            if scope.cancelled_caught:
-                raise ConnectionFailedError(
-                    f"Redis at {self._where} did not answer within {_SHIELD_SECONDS}s while {doing}"
-                )
         mode = codec.text(mode)
         if mode == "?":
             raise KeyError(f"process {process!r} is not registered in state id {state_id!r}")
@@ -113,11 +105,13 @@ class RedisRuns(RedisCore):
         if bad:
             await self._set_aside(bound, state_id, process, topic, entries, bad)
         ids = tuple(codec.text(e[0]) for e in entries)
-        attempts = [int(e[1]) for e in entries]
+        attempts = [int(e[1]) for e in entries]  # negative: a suspect's
         if mode == "j":
-            return [Delivery(state_id, process, tuple(messages), max(attempts), (topic, ids))]
+            most = max(abs(a) for a in attempts)
+            suspect = any(a < 0 for a in attempts)
+            return [Delivery(state_id, process, tuple(messages), most, (topic, ids), suspect)]
         return [
-            Delivery(state_id, process, (m,), a, (topic, (i,)))
+            Delivery(state_id, process, (m,), abs(a), (topic, (i,)), a < 0)
             for m, a, i in zip(messages, attempts, ids, strict=True)
         ]
 
@@ -134,7 +128,7 @@ class RedisRuns(RedisCore):
         readable ones of the same fetch back as they were, and raise."""
         keys, args = self._keys(state_id)
         skipped = {codec.text(eid) for eid, _ in bad}
-        good = [(e[0], int(e[1]) - 1) for e in entries if codec.text(e[0]) not in skipped]
+        good = [(e[0], abs(int(e[1])) - 1) for e in entries if codec.text(e[0]) not in skipped]
         args += (process, topic, lua.RELEASED, len(bad), *(eid for eid, _ in bad))
         args += (x for pair in good for x in pair)
         stream = f"{args[0]}:t:{topic}"
@@ -178,11 +172,46 @@ class RedisRuns(RedisCore):
             bound.ahead[key] = (mode, topic_raw, packed)
         return codec.stored(state_id, messages, reply[0])
 
+    async def charge(self, delivery: Delivery, *, owner: str) -> bool:
+        if not delivery.suspect:
+            return True
+        topic, ids = delivery.handle
+        keys, args = self._keys(delivery.state_id)
+        args += (delivery.process, topic, owner)
+        for entry_id in ids:
+            args += (entry_id, delivery.attempt)
+        bound = await self._ready()
+        doing = f"charging an attempt to process {delivery.process!r} of state id {delivery.state_id!r}"
+        with self._failures(doing):
+            charged = await bound.run("CHARGE", keys, args)
+        return bool(charged == len(ids))
+
     async def release(self, state_id: str, owner: str) -> None:
         keys, args = self._keys(state_id)
         bound = await self._ready()
-        with self._failures(f"releasing deliveries of state id {state_id!r}"):
-            await bound.run("RELEASE", keys, [*args, owner, lua.RELEASED])
+        try:
+            with self._failures(f"releasing deliveries of state id {state_id!r}"):
+                await bound.run("RELEASE", keys, [*args, owner, lua.RELEASED])
+        except BaseException:
+            # Not handed back (Redis away, or cancelled on the wire): the next run of
+            # this state id on this connection hands them back before it starts, so a
+            # resume from here never waits out its own lease.
+            with self._lock:
+                self._unreleased.setdefault(state_id, set()).add(owner)
+            raise
+        with self._lock:
+            left = self._unreleased.get(state_id)
+            if left is not None:
+                left.discard(owner)
+                if not left:
+                    del self._unreleased[state_id]
+
+    async def _release_left(self, state_id: str) -> None:
+        """Hand back what earlier runs of ``state_id`` here failed to."""
+        with self._lock:
+            owners = sorted(self._unreleased.get(state_id, ()))
+        for owner in owners:
+            await self.release(state_id, owner)
 
     async def renew(self, state_id: str, owner: str) -> None:
         keys, args = self._keys(state_id)
@@ -210,7 +239,7 @@ class RedisRuns(RedisCore):
         keys, args = self._keys(state_id)
         seen = _seen.get()
         since = seen[2] if seen is not None and seen[:2] == (id(self), args[0]) else b"$"
-        block = 0 if math.isinf(max_seconds) else max(1, int(max_seconds * 1000))
+        block = self._block_ms(max_seconds)
         bound = await self._ready()
         with self._failures(f"waiting for changes of state id {state_id!r}"):
             reply = await bound.client.xread({keys[4]: since}, count=1, block=block)

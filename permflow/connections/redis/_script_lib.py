@@ -39,6 +39,15 @@ local function claim(stream, process, consumer, ids, tail)
   for _, a in ipairs(tail) do args[#args + 1] = a end
   return redis.call(unpack(args))
 end
+-- Move what owner holds of process to the released consumer, keeping each
+-- entry's delivery count, so that the next fetch hands it out again.
+local function give_back(stream, process, owner, released)
+  local held = redis.pcall('XPENDING', stream, process, '-', '+', ALL, owner)
+  if held.err then return end
+  for _, p in ipairs(held) do
+    claim(stream, process, released, {p[1]}, {'IDLE', 0, 'RETRYCOUNT', p[4] - 1, 'JUSTID'})
+  end
+end
 local function owned(stream, process, owner)
   local held = redis.pcall('XPENDING', stream, process, '-', '+', ALL, owner)
   local ids = {}
@@ -81,6 +90,33 @@ local function trim(stream)
   end
   redis.call('XTRIM', stream, 'MINID', '~', keep)
 end
+-- The log ids of messages ARGV[i..] (as ``store`` takes them) if they were
+-- stored already: one script stores a call's messages as consecutive log
+-- entries, and an entry's published_at, topic and payload identify it. Looks
+-- back from the newest entry, down to entry id ``floor`` ('-': none) or at most
+-- ``budget`` entries.
+local function find_stored(i, floor, budget)
+  if tonumber(ARGV[i]) == 0 then return nil end
+  local topic, payload, at = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local top, seen = '+', 0
+  while seen < budget do
+    local batch = redis.call('XREVRANGE', LOG, top, floor, 'COUNT', 1000)
+    for _, e in ipairs(batch) do
+      local f = e[2]
+      if f[2] == topic and f[4] == at and f[12] == payload then
+        local ids = {}
+        for _, x in ipairs(redis.call('XRANGE', LOG, e[1], '+', 'COUNT', tonumber(ARGV[i]))) do
+          ids[#ids + 1] = x[1]
+        end
+        return ids
+      end
+    end
+    seen = seen + #batch
+    if #batch < 1000 then return nil end
+    top = '(' .. batch[#batch][1]
+  end
+  return nil
+end
 -- ARGV[i] = message count, then per message: topic, payload, published_at, depth, trail.
 -- Readers in ``recount`` are not counted here: their fetch that follows sets their count.
 local function store(i, recount)
@@ -114,7 +150,8 @@ end
 FETCH_LIB = """
 -- Hand owner what process has not finished: released or lease-expired entries
 -- first, then new ones. Returns {mode, topic, packed entries}; mode '-' =
--- unknown state, '?' = unknown process, 's' or 'j'.
+-- unknown state, '?' = unknown process, 's' or 'j'. A lease-expired entry's
+-- attempt is negative: a suspect.
 local function fetch(process, owner, lease, limit, released)
   local spec = redis.call('HGET', REG, process)
   if not spec then
@@ -137,11 +174,17 @@ local function fetch(process, owner, lease, limit, released)
   if any and room ~= 0 then
     local ids, attempts, taken = {}, {}, {}
     for _, p in ipairs(redis.call('XPENDING', stream, process, '-', '+', summary[1])) do
-      if room > 0 and #ids >= room then break end
+      if room > 0 and #ids + #out >= room then break end
       local who = p[2]
-      if who == released or (who ~= owner and p[3] >= lease) then
+      if who == released then
         ids[#ids + 1] = p[1]
         attempts[p[1]] = p[4] + 1
+        taken[who] = (taken[who] or 0) + 1
+      elseif who ~= owner and p[3] >= lease then
+        -- Its holder went silent holding it: a suspect (it may be what killed the
+        -- holder). Taken without charging an attempt: CHARGE does, when it runs.
+        local e = claim(stream, process, owner, {p[1]}, {'RETRYCOUNT', p[4]})[1]
+        if e then out[#out + 1] = {e[1], -(p[4] + 1), e[2]} end
         taken[who] = (taken[who] or 0) + 1
       end
     end

@@ -30,16 +30,20 @@ from __future__ import annotations
 from ._script_lib import FETCH_LIB, PRELUDE, STORE_LIB
 
 __all__ = [
+    "CHARGE",
     "COMMIT",
     "DELETE",
     "FETCH",
     "MARK",
     "OUTSTANDING",
     "PUBLISH",
+    "RECOMMIT",
+    "REFETCH",
     "REGISTER",
     "RELEASE",
     "RELEASED",
     "RENEW",
+    "REPUBLISH",
     "SKIP",
     "UNFETCH",
 ]
@@ -110,44 +114,81 @@ return ids
 """
 )
 
+# PUBLISH sent again after its reply was lost: if the first send stored the
+# messages, their ids; else it stores them now.
+REPUBLISH = (
+    PRELUDE
+    + STORE_LIB
+    + """
+local ids = find_stored(5, '-', 10000)
+if ids then return ids end
+ids = store(5, {})
+changed()
+touch()
+return ids
+"""
+)
+
 # ARGV[5..]: process, topic, owner, first id, last id, n, ids..., then messages,
 # then lease_ms, released consumer, k, k reader processes. Returns false if owner
 # lost the delivery, else {log ids of the stored messages, then per reader its
 # fetch reply (mode, topic, packed)}: the readers of what was just stored are
 # fetched for owner in the same round trip, as its next fetch would.
-COMMIT = (
-    PRELUDE
-    + STORE_LIB
-    + FETCH_LIB
-    + """
-local process, topic, owner = ARGV[5], ARGV[6], ARGV[7]
-local n = tonumber(ARGV[10])
-local stream = tkey(topic)
-local held = redis.pcall('XPENDING', stream, process, ARGV[8], ARGV[9], ALL, owner)
-if held.err then return false end
-local mine = {}
-for _, p in ipairs(held) do mine[p[1]] = true end
-local ids = {}
-for k = 11, 10 + n do
-  if not mine[ARGV[k]] then return false end
-  ids[#ids + 1] = ARGV[k]
+_COMMIT_LIB = """
+local function commit(again)
+  local process, topic, owner = ARGV[5], ARGV[6], ARGV[7]
+  local n = tonumber(ARGV[10])
+  local stream = tkey(topic)
+  local j = 12 + n + 5 * tonumber(ARGV[11 + n])
+  local lease, released, last = tonumber(ARGV[j]), ARGV[j + 1], j + 2 + tonumber(ARGV[j + 2])
+  local held = redis.pcall('XPENDING', stream, process, ARGV[8], ARGV[9], ALL, owner)
+  local mine, ids, ok = {}, {}, not held.err
+  if ok then
+    for _, p in ipairs(held) do mine[p[1]] = true end
+  end
+  for k = 11, 10 + n do
+    if not mine[ARGV[k]] then ok = false end
+    ids[#ids + 1] = ARGV[k]
+  end
+  local stored
+  if ok then
+    chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
+    uncount(process, n)
+    local recount = {}
+    for r = j + 3, last do recount[ARGV[r]] = true end
+    stored = store(11 + n, recount)
+    changed()
+    touch()
+  elseif again then
+    -- Sent again after a lost reply: did the first send commit? Then its outputs
+    -- are in the log, and its fetch for the readers handed owner deliveries
+    -- whose reply was lost too: take those back so the fetch below returns them.
+    stored = find_stored(11 + n, ARGV[8], ALL)
+    if not stored then return false end
+    for r = j + 3, last do
+      local spec = redis.call('HGET', REG, ARGV[r])
+      if spec then give_back(tkey(string.sub(spec, 2)), ARGV[r], owner, released) end
+    end
+  else
+    return false
+  end
+  local reply = {stored}
+  for r = j + 3, last do
+    for _, x in ipairs(fetch(ARGV[r], owner, lease, 0, released)) do reply[#reply + 1] = x end
+  end
+  return reply
 end
-chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
-uncount(process, n)
-local j = 12 + n + 5 * tonumber(ARGV[11 + n])
-local lease, released, last = tonumber(ARGV[j]), ARGV[j + 1], j + 2 + tonumber(ARGV[j + 2])
-local recount = {}
-for r = j + 3, last do recount[ARGV[r]] = true end
-local stored = store(11 + n, recount)
-changed()
-touch()
-local reply = {stored}
-for r = j + 3, last do
-  for _, x in ipairs(fetch(ARGV[r], owner, lease, 0, released)) do reply[#reply + 1] = x end
-end
-return reply
 """
-)
+
+# ARGV[5..]: process, topic, owner, first id, last id, n, ids..., then messages,
+# then lease_ms, released consumer, k, k reader processes. Returns false if owner
+# lost the delivery, else {log ids of the stored messages, then per reader its
+# fetch reply (mode, topic, packed)}: the readers of what was just stored are
+# fetched for owner in the same round trip, as its next fetch would.
+COMMIT = PRELUDE + STORE_LIB + FETCH_LIB + _COMMIT_LIB + "return commit(false)"
+
+# COMMIT sent again after its reply was lost (same arguments, same reply).
+RECOMMIT = PRELUDE + STORE_LIB + FETCH_LIB + _COMMIT_LIB + "return commit(true)"
 
 # ARGV[5..]: process, owner, lease_ms, limit (0 = none), released consumer.
 FETCH = (
@@ -155,6 +196,39 @@ FETCH = (
     + FETCH_LIB
     + """
 return fetch(ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9])
+"""
+)
+
+# FETCH sent again after its reply was lost: what owner holds of the process is
+# handed back first (counts kept), so this fetch returns it again. A delivery
+# another task of owner is running may then run twice; its outputs are stored
+# once (the first commit acks it, the second is refused).
+REFETCH = (
+    PRELUDE
+    + FETCH_LIB
+    + """
+local spec = redis.call('HGET', REG, ARGV[5])
+if spec then give_back(tkey(string.sub(spec, 2)), ARGV[5], ARGV[6], ARGV[9]) end
+return fetch(ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9])
+"""
+)
+
+# ARGV[5..]: process, topic, owner, then pairs (entry id, delivery count). Charges
+# an attempt to deliveries owner holds (sets their delivery count) right before
+# their step starts: a suspect's crash is counted only when it ran.
+CHARGE = (
+    PRELUDE
+    + """
+local process, stream, owner = ARGV[5], tkey(ARGV[6]), ARGV[7]
+local charged = 0
+for k = 8, #ARGV, 2 do
+  local held = redis.pcall('XPENDING', stream, process, ARGV[k], ARGV[k], 1, owner)
+  if not held.err and #held == 1 then
+    claim(stream, process, owner, {ARGV[k]}, {'RETRYCOUNT', ARGV[k + 1], 'JUSTID'})
+    charged = charged + 1
+  end
+end
+return charged
 """
 )
 

@@ -66,7 +66,7 @@ class RedisWork(RedisCore):
         with self._failures(doing):
             entries = await bound.run("CLAIM", [work], [_GROUP, worker, lease, limit])
         if not entries and max_seconds > 0:
-            block = 0 if math.isinf(max_seconds) else max(1, int(max_seconds * 1000))
+            block = self._block_ms(max_seconds)
             # Through the pool, not the batching runner: the read blocks only this caller.
             with self._failures(doing):
                 reply = await bound.client.xreadgroup(_GROUP, worker, {work: ">"}, count=limit, block=block)

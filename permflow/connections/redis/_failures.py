@@ -1,0 +1,75 @@
+"""Redis failures as permflow errors, each with a hint that fits what happened.
+
+A dropped or refused connection, a server that does not answer, bad
+credentials, a missing ACL permission, a cluster node, a server too old for
+the commands permflow needs, and a key of the wrong type (corrupt data) each
+say so, and what to do about it. Corrupt data is a ``CorruptEntryError`` (the
+run is broken, the store is fine); everything else a ``ConnectionFailedError``.
+"""
+
+from __future__ import annotations
+
+from ..._errors import ConnectionFailedError, PermflowError
+from ..._serialization import CorruptEntryError
+
+__all__ = ["ACL_COMMANDS", "convert"]
+
+#: The commands a restricted Redis user needs (README, "Redis users and ACLs").
+ACL_COMMANDS = (
+    "+evalsha +eval +script|load +xrange +xrevrange +xread +xreadgroup +get +exists +scan "
+    "+hvals +ping +info +client|setinfo"
+)
+
+_CLUSTER = ("MOVED", "ASK", "CLUSTERDOWN", "CROSSSLOT", "TRYAGAIN")
+
+
+def convert(exc: Exception, *, where: str, prefix: str, doing: str, timeout: float | None) -> PermflowError:
+    """``exc``, raised by redis-py while ``doing``, as the permflow error to raise."""
+    from redis.exceptions import AuthenticationError, ResponseError
+    from redis.exceptions import TimeoutError as NoAnswer
+
+    reason = str(exc).rstrip(".")
+    head = f"Redis at {where}"
+    if isinstance(exc, AuthenticationError) or reason.startswith(("NOAUTH", "WRONGPASS", "invalid username")):
+        return ConnectionFailedError(
+            f"{head} refused the credentials while {doing}: {reason}. Check the user name and "
+            "password in the URL (redis://user:password@host:port/db)."
+        )
+    if isinstance(exc, NoAnswer):
+        after = f" within the socket timeout ({timeout}s)" if timeout else ""
+        return ConnectionFailedError(
+            f"{head} did not answer{after} while {doing}: {reason}. The server may be frozen, "
+            "overloaded or cut off by the network; nothing was stored by a call that timed out "
+            "unless its run says so when resumed."
+        )
+    if not isinstance(exc, ResponseError):  # the connection failed or dropped
+        return ConnectionFailedError(
+            f"{head} failed while {doing}: {type(exc).__name__}: {reason}. Check that the server "
+            "is running and reachable; the next call reconnects."
+        )
+    if "NOPERM" in reason:
+        return ConnectionFailedError(
+            f"{head} denied a command while {doing}: {reason}. The Redis user needs the key "
+            f"patterns '~{{{prefix}:*' and '~{{{prefix}}}:*' and the commands {ACL_COMMANDS} "
+            "(see the README, 'Redis users and ACLs')."
+        )
+    if reason.startswith(_CLUSTER) or any(f" {word} " in f" {reason} " for word in _CLUSTER):
+        return ConnectionFailedError(
+            f"{head} answered as a Redis Cluster node while {doing}: {reason}. "
+            "RedisPubSubConnection needs one Redis server (a primary), not a cluster."
+        )
+    if "unknown command" in reason.lower() or "unknown subcommand" in reason.lower():
+        return ConnectionFailedError(
+            f"{head} does not know a command permflow needs while {doing}: {reason}. permflow "
+            "needs Redis 6.2 or later (or Valkey)."
+        )
+    if "WRONGTYPE" in reason:
+        return CorruptEntryError(
+            f"{head}: a key permflow uses holds another type of value, while {doing}: {reason}. "
+            f"Something other than permflow wrote under prefix {prefix!r}: inspect the keys of "
+            "that state id, or delete it."
+        )
+    return ConnectionFailedError(
+        f"{head} refused a command while {doing}: {reason}. If a key under prefix {prefix!r} was "
+        "written by another program, inspect it or delete that state id."
+    )
