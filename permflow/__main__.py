@@ -137,10 +137,17 @@ def _runs(args: argparse.Namespace) -> int:
         print(json.dumps(summaries, indent=2))
         return 0
     now = time.time()
-    print(f"{'state id':40}  {'outstanding':>11}  {'idle for':>10}")
+    print(f"{'state id':40}  {'outstanding':>11}  {'idle for':>10}  status")
     for row in summaries:
         idle = now - float(row["updated_at"]) if row.get("updated_at") else float("nan")
-        print(f"{row['state_id']:40}  {row['outstanding']:>11}  {idle:>9.1f}s")
+        outstanding = "?" if row["outstanding"] is None else row["outstanding"]
+        if row.get("error"):
+            status = f"broken: {row['error']}"
+        elif row.get("failed"):
+            status = f"failed: {row['failed']}"
+        else:
+            status = "ok"
+        print(f"{row['state_id']:40}  {outstanding:>11}  {idle:>9.1f}s  {status}")
     return 0
 
 

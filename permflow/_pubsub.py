@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 import os
 import queue
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -13,7 +14,7 @@ from typing import Any, TypeVar, final
 import anyio
 
 from ._context import RUN_KEY
-from ._engine import Run, Settings, Tracer
+from ._engine import CLEANUP_SECONDS, Run, Settings, Tracer
 from ._graph import Graph
 from ._message import Message
 from ._plan import Plan
@@ -32,6 +33,7 @@ T = TypeVar("T")
 
 _SETTINGS = ("recursion_limit", "max_concurrency", "timeout", "step_timeout", "max_deliveries")
 _CONFIG_KEYS = frozenset(("state_id", *_SETTINGS))
+_log = logging.getLogger("permflow.run")
 
 
 @final
@@ -155,8 +157,7 @@ class PubSub(Runnable):
             await run.execute(None if input is None else name, input)
         except BaseException as exc:  # failed or cancelled
             if generated:  # nobody knows this id, so nobody could resume it
-                with anyio.CancelScope(shield=True):
-                    await self.connection.adelete(state_id)
+                await self._forget(state_id)
             elif isinstance(exc, Exception) and hasattr(exc, "add_note"):
                 exc.add_note(
                     f"permflow: state id {state_id!r} keeps the run's unfinished work; "
@@ -231,6 +232,18 @@ class PubSub(Runnable):
         if failures:
             raise failures[0]
         return results
+
+    async def _forget(self, state_id: str) -> None:
+        """Delete a generated state id after a failed run, within the cleanup
+        bound, without hiding the run's own error behind a cleanup error."""
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + CLEANUP_SECONDS
+            try:
+                await self.connection.adelete(state_id)
+            except Exception as exc:
+                _log.warning("could not delete the state of failed run %r: %s", state_id, exc)
+        if scope.cancelled_caught:
+            _log.warning("could not delete the state of failed run %r in time", state_id)
 
     async def apeek(self, state_id: str) -> list[Message]:
         """The stored messages of ``state_id`` in publish order."""

@@ -9,14 +9,17 @@ stop the run; its unfinished deliveries stay pending for the next call.
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._errors import PermflowError, RunTimeoutError
+from ._engine import CLEANUP_SECONDS
+from ._errors import ConnectionFailedError, PermflowError, RunTimeoutError
 from ._message import Message
+from ._outage import Outage
 
 if TYPE_CHECKING:
     from ._engine import Settings
@@ -26,7 +29,11 @@ if TYPE_CHECKING:
 __all__ = ["RemoteRun", "WorkerRunError", "rebuild_error"]
 
 _POLL_SECONDS = 1.0
+#: Seconds a client of workers keeps following a run through a store outage
+#: (workers ride it out too) before it fails with ConnectionFailedError.
+OUTAGE_SECONDS = 30.0
 _PAGE = 1000  # log messages a connection may return per progress call
+_log = logging.getLogger("permflow.run")
 
 
 class WorkerRunError(PermflowError):
@@ -43,8 +50,12 @@ class WorkerRunError(PermflowError):
 
 def rebuild_error(state_id: str, record: dict[str, Any]) -> Exception:
     """The worker's exception as close to the original as can be: builtin
-    exception types come back as themselves, others as ``WorkerRunError``."""
-    kind = getattr(builtins, str(record.get("error")), None)
+    exception types and permflow's own errors come back as themselves, others
+    as ``WorkerRunError``."""
+    name = str(record.get("error"))
+    kind = getattr(builtins, name, None)
+    if kind is None and name.startswith("permflow."):
+        kind = _permflow_errors().get(name.rpartition(".")[2])
     text = str(record.get("message", ""))
     where = f"in process {record.get('process')!r} on a worker (state id {state_id!r})"
     if isinstance(kind, type) and issubclass(kind, Exception):
@@ -54,6 +65,16 @@ def rebuild_error(state_id: str, record: dict[str, Any]) -> Exception:
                 error.add_note(f"permflow: raised {where}")
             return error
     return WorkerRunError(f"{record.get('error')}: {text} ({where})", dict(record))
+
+
+def _permflow_errors() -> dict[str, type[Exception]]:
+    import permflow
+
+    from ._serialization import CorruptEntryError
+
+    found = {n: getattr(permflow, n) for n in permflow.__all__}
+    found["CorruptEntryError"] = CorruptEntryError
+    return {n: k for n, k in found.items() if isinstance(k, type) and issubclass(k, PermflowError)}
 
 
 def _construct(kind: type[Exception], text: str) -> Exception | None:
@@ -82,6 +103,25 @@ class RemoteRun:
         self.emit = emit
 
     async def execute(self, topic: str | None, value: Any) -> None:
+        finished = announced = False
+        try:
+            with anyio.move_on_after(self.settings.timeout) as deadline:
+                after = await self._submit(topic, value)
+                announced = True
+                await self._follow(after)
+                finished = True
+        finally:
+            if announced and not finished:  # left early, failed or timed out: stop the workers' run
+                await self._request_stop()
+        if deadline.cancelled_caught:
+            raise RunTimeoutError(
+                f"run {self.state_id!r} did not finish on the workers within "
+                f"timeout={self.settings.timeout}s; its unfinished deliveries stay pending: "
+                "invoke the same state id again to resume"
+            )
+
+    async def _submit(self, topic: str | None, value: Any) -> str | None:
+        """Register, store the input and announce the run; the last log id seen."""
         conn, sid = self.conn, self.state_id
         await conn.register(sid, self.plan.subscriptions)
         if topic is None:
@@ -93,25 +133,31 @@ class RemoteRun:
                 self.emit(message)
             after = stored[-1].id
         await conn.announce(sid)
-        finished = False
-        try:
-            with anyio.move_on_after(self.settings.timeout) as deadline:
-                await self._follow(after)
-                finished = True
-        finally:
-            if not finished:  # left early, failed or timed out: stop the workers' run
-                with anyio.CancelScope(shield=True):
-                    await conn.request_stop(sid)
-        if deadline.cancelled_caught:
-            raise RunTimeoutError(
-                f"run {sid!r} did not finish on the workers within timeout={self.settings.timeout}s; "
-                "its unfinished deliveries stay pending: invoke the same state id again to resume"
-            )
+        return after
+
+    async def _request_stop(self) -> None:
+        """Ask the workers to stop the run, within the cleanup bound; a store
+        that does not answer must not hide why the call ended."""
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + CLEANUP_SECONDS
+            try:
+                await self.conn.request_stop(self.state_id)
+            except Exception as exc:
+                _log.warning("could not ask the workers to stop state id %r: %s", self.state_id, exc)
 
     async def _follow(self, after: str | None) -> None:
         conn, sid, names = self.conn, self.state_id, self.plan.names
+        outage = Outage(f"client of state id {sid}", _log)
         while True:
-            messages, counts, record = await conn.progress(sid, after, names)
+            try:
+                messages, counts, record = await conn.progress(sid, after, names)
+            except ConnectionFailedError as exc:
+                # Reading is safe to retry: ride out the outage as the workers do.
+                if outage.down_for >= OUTAGE_SECONDS:
+                    raise
+                await outage.failed(exc)
+                continue
+            outage.recovered()
             after = self._emit_new(messages, after)
             if record is not None:
                 raise rebuild_error(sid, record)
@@ -120,7 +166,10 @@ class RemoteRun:
                     messages = await conn.read_log(sid, after)
                     after = self._emit_new(messages, after)
                 return
-            await conn.wait_for_change(sid, _POLL_SECONDS)
+            try:
+                await conn.wait_for_change(sid, _POLL_SECONDS)
+            except ConnectionFailedError as exc:
+                await outage.failed(exc)
 
     def _emit_new(self, messages: list[Message], after: str | None) -> str | None:
         for message in messages:

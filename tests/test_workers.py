@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from permflow import InMemoryPubSubConnection, PubSub, Topic
+from permflow import InMemoryPubSubConnection, PoisonMessageError, PubSub, Topic
 from permflow._remote import WorkerRunError
 from permflow._worker import Worker
 
@@ -344,5 +344,6 @@ async def test_a_poison_message_on_a_worker_fails_the_client() -> None:
         async with running(Worker(pubsub, name="w1")):
             with pytest.raises(ValueError, match="bad 1"):
                 await client.ainvoke(1, {"state_id": "poison"})
-            with pytest.raises(WorkerRunError, match="PoisonMessageError"):
+            with pytest.raises(PoisonMessageError, match="1 times") as info:
                 await client.ainvoke(None, {"state_id": "poison"})
+            assert type(info.value) is PoisonMessageError  # permflow's own type, not WorkerRunError

@@ -336,12 +336,14 @@ return redis.call('DEL', LOG, COUNT, REG, TOPICS, CHG, base .. ':failed', base .
 
 # KEYS[6]: the mark (B:failed or B:stop); ARGV[5]: its value. Sets it (with the
 # ttl, if any) and records a change, so wait_for_change wakes.
+# The mark is set even if the run's other keys are corrupt (a quarantined run).
 MARK = (
     PRELUDE
     + """
 redis.call('SET', KEYS[6], ARGV[5])
-changed()
-touch()
+redis.pcall('XADD', CHG, 'MAXLEN', '~', 32, '*', 'c', '')
+if ttl > 0 then redis.call('PEXPIRE', KEYS[6], ttl) end
+pcall(touch)
 return 1
 """
 )

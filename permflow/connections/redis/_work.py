@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from ..._message import Message
 from ..._serialization import CorruptEntryError
@@ -163,8 +163,12 @@ class RedisWork(RedisCore):
 
     async def arun_summaries(self) -> list[dict[str, object]]:
         """One summary per state id under the prefix, most recently updated first:
-        ``state_id``, ``outstanding`` (messages not yet acked, over its processes)
-        and ``updated_at`` (epoch seconds of its last change, 0.0 if unknown)."""
+        ``state_id``, ``outstanding`` (messages not yet acked, over its processes),
+        ``updated_at`` (epoch seconds of its last change, 0.0 if unknown),
+        ``failed`` (how its run failed on a worker, or None) and ``error`` (None,
+        or why its keys cannot be read: a broken run, listed, never fatal)."""
+        from redis.exceptions import RedisError
+
         state_ids = await self.astate_ids()
         bound = self._client()
         summaries: list[dict[str, object]] = []
@@ -176,20 +180,36 @@ class RedisWork(RedisCore):
                 pipe.hvals(keys[1])
                 pipe.xrevrange(keys[4], count=1)
                 pipe.xrevrange(keys[0], count=1)
+                pipe.get(self._mark_key(state_id, "failed"))
             with self._failures(f"summarising runs under prefix {self.prefix!r}"):
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
             for k, state_id in enumerate(chunk):
-                counts, *lasts = replies[3 * k : 3 * k + 3]
-                stamps = [codec.id_key(codec.text(last[0][0]))[0] for last in lasts if last]
-                summaries.append(
-                    {
-                        "state_id": state_id,
-                        "outstanding": sum(max(0, int(n)) for n in counts),
-                        "updated_at": max(stamps, default=0) / 1000,
-                    }
-                )
+                summaries.append(self._summary(state_id, replies[4 * k : 4 * k + 4], RedisError))
         summaries.sort(key=lambda s: cast(float, s["updated_at"]), reverse=True)
         return summaries
+
+    def _summary(self, state_id: str, replies: list[Any], errors: type[Exception]) -> dict[str, object]:
+        summary: dict[str, object] = {
+            "state_id": state_id,
+            "outstanding": None,
+            "updated_at": 0.0,
+            "failed": None,
+            "error": None,
+        }
+        try:
+            broken = next((r for r in replies if isinstance(r, errors)), None)
+            if broken is not None:
+                raise broken
+            counts, *lasts, raw = replies
+            stamps = [codec.id_key(codec.text(last[0][0]))[0] for last in lasts if last]
+            summary["outstanding"] = sum(max(0, int(n)) for n in counts)
+            summary["updated_at"] = max(stamps, default=0) / 1000
+            record = self._failure_record(state_id, raw)
+            if record is not None:
+                summary["failed"] = f"{record.get('error')}: {record.get('message')}"
+        except (CorruptEntryError, ValueError, TypeError, IndexError, errors) as exc:
+            summary["error"] = f"{type(exc).__name__}: {exc}".rstrip(".")
+        return summary
 
     def run_summaries(self) -> list[dict[str, object]]:
         """Sync twin of ``arun_summaries``."""
