@@ -51,7 +51,7 @@ _HELP_INTERVAL = 0.2  # seconds between a worker's calls for help on one run
 #: Seconds the cleanup after a failed, timed-out or cancelled run may take (handing
 #: deliveries back). A store that does not answer by then is left to the lease,
 #: and the connection hands them back before its next run of the state id.
-CLEANUP_SECONDS = 0.5
+CLEANUP_SECONDS = 0.25
 _OWNER_TAG = uuid.uuid4().hex[:12]
 _owner_numbers = itertools.count(1)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from . import _scripts as lua
 from . import _work_scripts as work_lua
 
@@ -153,6 +155,7 @@ class Bound:
             # The connection dropped with calls on the wire: send the unanswered ones
             # again on a fresh connection, each in a form safe to send twice.
             lost = [(AGAIN.get(name, name), keys, args) for name, keys, args in calls[len(replies) :]]
+            calls = calls[: len(replies)] + lost
             again: list[Any] = []
             await self._write_read(lost, False, again)
             replies += again
@@ -197,8 +200,10 @@ class Bound:
                     replies.append(exc)
         except BaseException:
             # redis-py closed the socket on the way out: a half-read reply never
-            # reaches the next call. The connection object goes back to the pool.
-            await pool.release(connection)
+            # reaches the next call. The connection object goes back to the pool,
+            # even from a cancelled caller (or the pool would shrink for good).
+            with anyio.CancelScope(shield=True):
+                await pool.release(connection)
             raise
         if keep:
             self._kept = connection

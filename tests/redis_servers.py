@@ -1,0 +1,216 @@
+"""Private Redis servers (and a TCP proxy in front of one) for fault-injection tests.
+
+``RedisServer`` starts its own ``redis-server`` (from PATH) on a free port in a
+fresh temporary directory, with nothing persisted, so a test can stop, restart,
+freeze (SIGSTOP) and thaw (SIGCONT) it, or drop its client connections, without
+touching the shared server other tests use. Every process it starts is stopped
+by its pid.
+
+``CuttingProxy`` forwards TCP connections to a server and, once armed, cuts the
+connection that carries a request containing a given marker: either before the
+request reaches the server (``"request"``: the command is never executed) or
+after the server answered it (``"reply"``: the command was executed, its reply
+is lost).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+import anyio
+import anyio.abc
+
+__all__ = ["CuttingProxy", "RedisServer", "free_port"]
+
+_READY_SECONDS = 10.0
+_STOP_SECONDS = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One ``redis-server`` of a test's own, on a fixed port across restarts."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="permflow-faults-")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.frozen = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def url_for(self, user: str, password: str) -> str:
+        return f"redis://{user}:{password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the server is not running"
+        return self.process.pid
+
+    def start(self) -> None:
+        """Start the server and return once it answers PING."""
+        assert self.process is None, "already running"
+        command = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", self.dir,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + _READY_SECONDS
+        while not _answers_ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)  # waiting for an external server to listen, not synchronising tests
+
+    def stop(self) -> None:
+        """SIGTERM by pid and wait; SIGKILL if it does not go. Thaws it first."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            if self.frozen:
+                os.kill(process.pid, signal.SIGCONT)
+            os.kill(process.pid, signal.SIGTERM)
+            try:
+                process.wait(_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(_STOP_SECONDS)
+        else:
+            process.wait()
+        self.frozen = False
+
+    def close(self) -> None:
+        """Thaw, stop, and remove the server's directory."""
+        self.thaw()
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def restart(self, down_seconds: float) -> None:
+        """Stop, stay down ``down_seconds`` (simulated downtime), start on the same port."""
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its connections but answers nothing."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT after ``freeze``."""
+        if self.frozen and self.process is not None:
+            os.kill(self.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def admin(self) -> Any:
+        """A plain sync client as the default user (close it after use)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, db=0, socket_timeout=5)
+
+    def kill_clients(self) -> int:
+        """Drop every normal client connection but the one asking; how many were dropped."""
+        with self.admin() as client:
+            return int(client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+
+
+class CuttingProxy:
+    """A TCP proxy to ``127.0.0.1:target_port`` that cuts one connection on demand.
+
+    ``arm(marker, mode)``: the next request (client to server bytes) that
+    contains ``marker`` has its connection cut; ``mode`` ``"request"`` drops the
+    request unsent, ``"reply"`` forwards it and drops the server's answer to it.
+    ``fired`` is set once that happened. One shot: later connections and
+    requests pass untouched. Run ``serve`` in a task group (``tg.start``).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.fired = anyio.Event()
+        self.connections = 0
+        self.dropped_reply = b""  # in "reply" mode: the start of the answer that was dropped
+        self._marker: bytes | None = None
+        self._mode = ""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def arm(self, marker: bytes, mode: str) -> None:
+        assert mode in ("request", "reply"), mode
+        self._marker, self._mode = marker, mode
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        async with listener:
+            self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+            task_status.started()
+            await listener.serve(self._forward)
+
+    async def _forward(self, client: anyio.abc.SocketStream) -> None:
+        self.connections += 1
+        try:
+            await self._pump(client)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # either side went away: so does the other (the socket closes)
+
+    async def _pump(self, client: anyio.abc.SocketStream) -> None:
+        async with client, await anyio.connect_tcp("127.0.0.1", self.target_port) as server:
+            reply_cut = anyio.Event()  # set: the next bytes from the server are the answer to drop
+
+            async def upstream() -> None:
+                tail = b""
+                async for chunk in client:
+                    marker = self._marker
+                    seen, tail = tail + chunk, (tail + chunk)[-64:]
+                    if marker is not None and marker in seen:
+                        self._marker = None
+                        if self._mode == "request":
+                            self.fired.set()
+                            tg.cancel_scope.cancel()  # nothing reaches the server
+                            return
+                        reply_cut.set()
+                    await server.send(chunk)
+                tg.cancel_scope.cancel()
+
+            async def downstream() -> None:
+                async for chunk in server:
+                    if reply_cut.is_set():
+                        self.dropped_reply = chunk
+                        self.fired.set()
+                        tg.cancel_scope.cancel()  # the server executed it; its answer is lost
+                        return
+                    await client.send(chunk)
+                tg.cancel_scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(upstream)
+                tg.start_soon(downstream)
