@@ -109,6 +109,7 @@ class Run:
         self._quiet: anyio.Event | None = None
         self._failure: BaseException | None = None
         self.failed_at: tuple[str, str] | None = None  # (process, topic) of a failed step
+        self.released = True  # False if handing back at the end failed (the store was away)
         self._tg: anyio.abc.TaskGroup | None = None
         limit = settings.max_concurrency
         self._capacity = capacity
@@ -173,9 +174,12 @@ class Run:
             try:
                 await self.conn.release(self.state_id, self.owner)
             except Exception:
+                self.released = False
                 if not keep_quiet:
                     raise
                 _log.info("could not hand back the deliveries of state id %r; the lease will", self.state_id)
+        if scope.cancelled_caught:
+            self.released = False
         if scope.cancelled_caught and not keep_quiet:
             raise ConnectionFailedError(
                 f"the store did not answer within {CLEANUP_SECONDS}s while handing back the "

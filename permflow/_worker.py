@@ -72,6 +72,10 @@ class Worker:
         self._room = anyio.Event()
         self._stopping: anyio.Event | None = None
         self._stop_asked = False
+        # What could not be handed back while the store was away: claims to hand
+        # back and (state id, owner) deliveries to release once it answers again.
+        self._unfinished: list[Claim] = []
+        self._unreleased: list[tuple[str, str]] = []
 
     @property
     def stopping(self) -> bool:
@@ -115,6 +119,8 @@ class Worker:
                     await outage.failed(exc, stopping)
                     continue
                 outage.recovered()
+                if self._unfinished or self._unreleased:
+                    await self._hand_back_left()
                 for claim in claimed:
                     borrower = object()  # a claim can come back equal to one held
                     runs.acquire_on_behalf_of_nowait(borrower)
@@ -154,6 +160,19 @@ class Worker:
                 if asked:
                     log.info("worker %s stops state id %s on request", self.name, run.state_id)
                     scope.cancel()
+
+    async def _hand_back_left(self) -> None:
+        """Hand back what an outage kept this worker from handing back, so that
+        its runs resume now rather than after their leases."""
+        unreleased, self._unreleased = self._unreleased, []
+        unfinished, self._unfinished = self._unfinished, []
+        try:
+            for sid, owner in unreleased:
+                await self.connection.release(sid, owner)
+            for claim in unfinished:
+                await self.connection.finish(claim, hand_back=True)
+        except ConnectionFailedError as exc:  # away again: their leases will do it
+            log.debug("worker %s could not hand back work after an outage: %s", self.name, exc)
 
     async def _call_for_help(self, state_id: str) -> None:
         await self.connection.announce(state_id, help=True)
@@ -195,8 +214,12 @@ class Worker:
                 with anyio.CancelScope(shield=True) as scope:
                     scope.deadline = anyio.current_time() + CLEANUP_SECONDS
                     await conn.finish(claim, hand_back=not finished)
-            except Exception as exc:  # the store is away: the claim lapses after the lease
+                if scope.cancelled_caught:  # the store did not answer in time
+                    self._unfinished.append(claim)
+            except Exception as exc:  # the store is away: try again when it is back
                 log.debug("worker %s could not finish its claim on %s: %r", self.name, sid, exc)
+                if isinstance(exc, ConnectionFailedError):
+                    self._unfinished.append(claim)
             finally:
                 self._running -= 1
                 self._room.set()
@@ -216,6 +239,8 @@ class Worker:
                 await self.connection.mark_failed(sid, record)
             finally:
                 del self._runs[run]
+                if not run.released:
+                    self._unreleased.append((sid, run.owner))
 
     async def _quarantine(self, sid: str, exc: Exception) -> None:
         """``sid`` cannot be driven (its keys are corrupt, say): say so once, mark

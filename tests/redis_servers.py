@@ -48,10 +48,18 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
+def _persistence(persistent: bool) -> tuple[str, ...]:
+    if persistent:
+        return ("--appendonly", "yes", "--appendfsync", "always")
+    return ("--appendonly", "no")
+
+
 class RedisServer:
     """One ``redis-server`` of a test's own, on a fixed port across restarts."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, persistent: bool = False) -> None:
+        """``persistent``: an append-only file synced on every write, so that what
+        was stored survives ``restart`` (as on a production server)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH")
@@ -60,6 +68,7 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="permflow-faults-")
         self.process: subprocess.Popen[bytes] | None = None
         self.frozen = False
+        self.persistent = persistent
 
     @property
     def url(self) -> str:
@@ -78,7 +87,8 @@ class RedisServer:
         assert self.process is None, "already running"
         command = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self.dir,
+            "--save", "", "--dir", self.dir,
+            *_persistence(self.persistent),
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + _READY_SECONDS

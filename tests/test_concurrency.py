@@ -176,9 +176,7 @@ async def test_step_timeout_fails_the_run_with_timeout_error() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(
-    ("setting", "error"), [("step_timeout", TimeoutError), ("timeout", RunTimeoutError)]
-)
+@pytest.mark.parametrize(("setting", "error"), [("step_timeout", TimeoutError), ("timeout", RunTimeoutError)])
 async def test_timeouts_from_config(setting: str, error: type[Exception]) -> None:
     """step_timeout and timeout given in config apply to that call."""
     with anyio.fail_after(5):

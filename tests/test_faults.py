@@ -343,6 +343,42 @@ async def test_worker_processes_survive_a_redis_restart_and_serve_new_runs(redis
     assert after.summary(range(10, 15)) == {x: [fault_app.expected(x)] for x in range(10, 15)}, pool.tails()
 
 
+@pytest.mark.anyio
+async def test_runs_in_flight_resume_after_a_redis_restart_without_resubmitting() -> None:
+    """Runs in flight when a persistent Redis restarts finish on the workers, each message stored once."""
+    prefix, lease = "faults-resume", 2.0
+    server = RedisServer(persistent=True)
+    server.start()
+    calls = Outcomes()
+    try:
+        async with worker_pool(server.url, prefix, lease=lease) as pool:
+            workers = [await pool.start("slow", f"w{k}", concurrency=10) for k in (1, 2)]
+            client = workers_client(fault_app.slow, server.url, prefix, lease)
+            try:
+                with anyio.fail_after(60):
+                    async with anyio.create_task_group() as tg:
+                        for x in range(6):
+                            tg.start_soon(
+                                calls.run, x, lambda x=x: client.ainvoke(x, {"state_id": f"run-{x}"})
+                            )
+                        # in flight: every run has done its first step and is in its slow one
+                        for x in range(6):
+                            while ("work", x + 1) not in pairs(await client.apeek(f"run-{x}")):
+                                await client.connection.wait_for_change(f"run-{x}", 0.5)
+                        await anyio.to_thread.run_sync(server.restart, 0.5)
+                        await calls.wait_for(range(6))  # the same calls: nobody resubmits
+                    logs = {x: pairs(await client.apeek(f"run-{x}")) for x in range(6)}
+            finally:
+                await client.connection.aclose()
+            alive = [w.alive for w in workers]
+    finally:
+        server.close()
+    assert all(alive), pool.tails()
+    assert calls.summary(range(6)) == {x: [fault_app.expected(x)] for x in range(6)}, pool.tails()
+    for log in logs.values():  # every message exactly once: nothing lost, nothing stored twice
+        assert [topic for topic, _ in log] == ["__in__", "work", "done", "__out__"], log
+
+
 # -- 3. a frozen server ----------------------------------------------------------------
 
 
