@@ -52,6 +52,8 @@ _HELP_INTERVAL = 0.2  # seconds between a worker's calls for help on one run
 #: deliveries back). A store that does not answer by then is left to the lease,
 #: and the connection hands them back before its next run of the state id.
 CLEANUP_SECONDS = 0.25
+#: Seconds a suspect delivery waits to run alone before it runs beside others.
+_ALONE_PATIENCE = 10.0
 _OWNER_TAG = uuid.uuid4().hex[:12]
 _owner_numbers = itertools.count(1)
 
@@ -346,21 +348,25 @@ class Run:
             )
             if delivery.attempt > settings.max_deliveries:
                 return await self._dead_letter(step, delivery, source)
-        if delivery.suspect and self._gate is not None:
+        gate = self._gate
+        if delivery.suspect and gate is not None:
             # Its last holder vanished holding it: it may be what killed that holder.
             # Run it alone, and charge the attempt only now that it starts.
-            await self._gate.enter_alone()
+            alone = await gate.enter_alone(_ALONE_PATIENCE)
             try:
                 if not await self.conn.charge(delivery, owner=self.owner):
                     self._held -= 1
                     return []
-                return await self._run_step(step, delivery, source, alone=True)
+                return await self._run_step(step, delivery, source, entered=True)
             finally:
-                self._gate.leave_alone()
+                if alone:
+                    gate.leave_alone()
+                else:
+                    gate.leave()
         return await self._run_step(step, delivery, source)
 
     async def _run_step(
-        self, step: Step, delivery: Delivery, source: Message, *, alone: bool = False
+        self, step: Step, delivery: Delivery, source: Message, *, entered: bool = False
     ) -> list[tuple[Step, Delivery]]:
         settings = self.settings
         messages = delivery.messages
@@ -373,7 +379,7 @@ class Run:
             if self._plain:
                 await step.process.ainvoke(value, {RUN_KEY: ctx})
             else:
-                await self._invoke_guarded(step, value, ctx, source, alone)
+                await self._invoke_guarded(step, value, ctx, source, entered)
         except Exception as exc:
             _log.info(
                 "process %r failed on a message of topic %r (state id %r): %r",
@@ -398,19 +404,19 @@ class Run:
         return await self._commit(step, delivery, outputs)
 
     async def _invoke_guarded(
-        self, step: Step, value: Any, ctx: StepContext, source: Message, alone: bool
+        self, step: Step, value: Any, ctx: StepContext, source: Message, entered: bool
     ) -> None:
         timeout, trace, gate = self.settings.step_timeout, self.settings.trace, self._gate
         # a step's time starts once it has a concurrency slot
         async with self._steps if self._steps is not None else _no_slot():
-            if gate is not None and not alone:
+            if gate is not None and not entered:
                 await gate.enter()
             try:
                 with anyio.move_on_after(timeout) as scope:
                     with trace(step.name, source) if trace is not None else nullcontext():
                         await step.process.ainvoke(value, {RUN_KEY: ctx})
             finally:
-                if gate is not None and not alone:
+                if gate is not None and not entered:
                     gate.leave()
         if scope.cancelled_caught:
             raise TimeoutError(

@@ -5,6 +5,10 @@ step that crashes its process on one input). Such a suspect runs alone: the
 gate lets ordinary steps pass side by side, and a suspect only once no other
 step is inside, holding the others back until it is done. If it kills its
 process again, nothing else was running to be charged with the crash.
+
+A suspect waits at most ``patience`` seconds for the others to leave: a step
+that is waiting for work of its own to get through the gate (a nested run on
+the same workers) must not deadlock it. After that it runs beside them.
 """
 
 from __future__ import annotations
@@ -33,16 +37,24 @@ class Gate:
         self.running -= 1
         self._notify()
 
-    async def enter_alone(self) -> None:
-        while self._solo:
-            await self._wait()
-        self._solo = True
-        try:
-            while self.running:
+    async def enter_alone(self, patience: float) -> bool:
+        """Wait until no other step is inside, holding new ones back; False (and
+        entered as an ordinary step) if that took more than ``patience`` seconds."""
+        with anyio.move_on_after(patience):
+            while self._solo:
                 await self._wait()
-        except BaseException:
+            self._solo = True
+            try:
+                while self.running:
+                    await self._wait()
+            except BaseException:
+                self.leave_alone()
+                raise
+            return True
+        if self._solo:
             self.leave_alone()
-            raise
+        await self.enter()
+        return False
 
     def leave_alone(self) -> None:
         self._solo = False

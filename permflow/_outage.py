@@ -2,8 +2,8 @@
 
 Waits grow exponentially from ``first`` to ``cap`` seconds, each drawn between
 half and all of its step (jitter, so that a fleet does not reconnect in step).
-The first failure of an outage is logged at WARNING, the recovery at INFO with
-how long it lasted; failures in between only at DEBUG.
+The first failure of an outage is logged at WARNING (or the ``level`` given),
+the recovery at INFO with how long it lasted; failures in between at DEBUG.
 """
 
 from __future__ import annotations
@@ -19,9 +19,18 @@ __all__ = ["Outage"]
 class Outage:
     """The back-off and the log lines of one component (a worker, a client)."""
 
-    def __init__(self, who: str, log: logging.Logger, *, first: float = 0.1, cap: float = 5.0) -> None:
+    def __init__(
+        self,
+        who: str,
+        log: logging.Logger,
+        *,
+        first: float = 0.1,
+        cap: float = 2.0,
+        level: int = logging.WARNING,
+    ) -> None:
         self.who = who
         self.log = log
+        self.level = level
         self.first = first
         self.cap = cap
         self.failures = 0
@@ -35,7 +44,9 @@ class Outage:
         """Note a failure and wait before the next try (less if ``stop`` is set)."""
         if self.since is None:
             self.since = anyio.current_time()
-            self.log.warning("%s lost its connection to the store, retrying with back-off: %s", self.who, exc)
+            self.log.log(
+                self.level, "%s lost its connection to the store, retrying with back-off: %s", self.who, exc
+            )
         else:
             self.log.debug("%s: store still unreachable: %s", self.who, exc)
         wait = self.next_wait()

@@ -147,7 +147,8 @@ class RemoteRun:
 
     async def _follow(self, after: str | None) -> None:
         conn, sid, names = self.conn, self.state_id, self.plan.names
-        outage = Outage(f"client of state id {sid}", _log)
+        # one line per client call: INFO (the workers report the outage at WARNING)
+        outage = Outage(f"client of state id {sid}", _log, level=logging.INFO)
         while True:
             try:
                 messages, counts, record = await conn.progress(sid, after, names)

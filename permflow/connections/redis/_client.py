@@ -214,8 +214,9 @@ class Bound:
 async def _fresh(connection: Any) -> None:
     """Make sure ``connection`` is open and was not closed by the server while
     it sat idle (a killed client, a restart): sending on it would lose the call."""
+    check = getattr(connection, "can_read", None) or connection.can_read_destructive  # redis-py < 8
     try:
-        stale = await connection.can_read()
+        stale = await check()
     except Exception:  # not connected, or the socket is gone
         stale = True
     if stale:
