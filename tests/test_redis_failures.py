@@ -1,0 +1,56 @@
+"""Redis errors become permflow errors whose message fits the cause (connections/redis/_failures.py)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from permflow import ConnectionFailedError
+from permflow.connections.redis import CorruptEntryError
+from permflow.connections.redis._failures import convert
+
+FAILED, CORRUPT = ConnectionFailedError, CorruptEntryError
+
+
+def converted(exc: Exception) -> Exception:
+    return convert(exc, where="redis://h:6379/0", prefix="myapp", doing="fetching for 'p'", timeout=5.0)
+
+
+@pytest.mark.parametrize(
+    ("raised", "kind", "says", "never"),
+    [
+        (AuthenticationError("invalid username-password pair"), FAILED, "credentials", "reconnects"),
+        (ResponseError("WRONGPASS invalid username-password pair"), FAILED, "password", "reconnects"),
+        (NoPermissionError("this user has no permissions to run the 'evalsha' command"), FAILED,
+         "NOPERM", "another program"),
+        (ResponseError("MOVED 7593 127.0.0.1:7001"), FAILED, "Cluster", "another program"),
+        (ResponseError("CLUSTERDOWN The cluster is down"), FAILED, "Cluster", "another program"),
+        (ResponseError("ERR unknown command 'XAUTOCLAIM', with args beginning with:"), FAILED,
+         "6.2", "another program"),
+        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), CORRUPT,
+         "another type", "reconnects"),
+        (RedisConnectionError("Connection closed by server."), FAILED, "reconnects", "credentials"),
+        (RedisTimeoutError("Timeout reading from h:6379"), FAILED, "did not answer within", "NOPERM"),
+    ],
+)  # fmt: skip
+def test_each_kind_of_failure_gets_its_own_hint(raised: Exception, kind: type, says: str, never: str) -> None:
+    """Each class of server error maps to its permflow type with a hint of its own, naming the action."""
+    error = converted(raised)
+    assert type(error) is kind
+    text = str(error)
+    assert says in text and never not in text and "fetching for 'p'" in text and "redis://h:6379/0" in text
+
+
+def test_a_permission_error_names_the_key_patterns_of_the_prefix() -> None:
+    """A NOPERM error says which key patterns and command categories the user needs."""
+    text = str(converted(NoPermissionError("No permissions to access a key")))
+    assert "'~{myapp:*'" in text and "'~{myapp}:*'" in text and "+@scripting" in text
+
+
+def test_a_script_denied_by_acl_is_recognised_without_the_noperm_word() -> None:
+    """Redis 7 reports an ACL denial inside a script without 'NOPERM': it still gets the ACL hint."""
+    reason = "ERR The user executing the script can't run this command or subcommand script: abc"
+    text = str(converted(ResponseError(reason)))
+    assert text.count("NOPERM") == 1 and "'~{myapp:*'" in text
