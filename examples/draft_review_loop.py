@@ -68,7 +68,7 @@ else:
 # A loop that sends an equal value around again fails at once, naming the cycle.
 echo = PubSub(
     Topic.IN.subscribe() | draft.publish(),
-    draft.subscribe() | revise.publish(),
+    draft.subscribe() | route(lambda doc: Topic.OUT if doc == "done" else revise, topics=[Topic.OUT, revise]),
     revise.subscribe() | (lambda doc: doc) | draft.publish(),
 )
 try:

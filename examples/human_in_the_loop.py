@@ -39,6 +39,7 @@ pubsub = PubSub(
     Topic.IN.subscribe() | propose | ask.publish(),
     Topic.IN.subscribe() | RunnableLambda(record, execution="thread") | audit.publish(),
     answer.subscribe() | decide | Topic.OUT.publish(),
+    inputs=[answer],  # fed from outside: the human's reply, sent with invoke(..., topic=answer)
 )
 
 

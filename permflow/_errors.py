@@ -12,6 +12,9 @@ Every error permflow raises on its own account derives from one root::
 
 Exceptions raised by user steps are not wrapped: ``invoke`` re-raises them
 with their own type and message.
+
+Warnings: ``PermflowWarning`` (a ``UserWarning``) for definitions that are
+valid but almost certainly not what was meant (see ``PubSub(inputs=...)``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ __all__ = [
     "CycleError",
     "DefinitionError",
     "PermflowError",
+    "PermflowWarning",
     "PoisonMessageError",
     "RunTimeoutError",
     "SerializationError",
@@ -29,6 +33,11 @@ __all__ = [
 
 class PermflowError(Exception):
     """Root of every error permflow raises on its own account."""
+
+
+class PermflowWarning(UserWarning):
+    """A definition that works but is almost certainly a mistake (a topic no
+    process publishes to, no way to reach ``Topic.OUT``)."""
 
 
 class DefinitionError(PermflowError, ValueError):

@@ -22,13 +22,16 @@ class Graph:
     ``reads[p]`` is the topic process ``p`` subscribes to (or joins);
     ``writes[p]`` the topics it may publish to (``"?"`` for a ``route``
     without declared topics). ``cycles`` lists each elementary cycle as the
-    topics it runs through, in order.
+    topics it runs through, in order. ``problems`` says what looks miswired
+    (a topic nobody publishes to, no way to ``Topic.OUT``); each was also
+    warned about with ``PermflowWarning`` when the PubSub was built.
     """
 
     reads: dict[str, str]
     joins: frozenset[str]
     writes: dict[str, tuple[str, ...]]
     cycles: list[list[str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, processes: Sequence[Process], names: Sequence[str]) -> Graph:

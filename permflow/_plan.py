@@ -9,6 +9,7 @@ from ._errors import DefinitionError
 from ._graph import Graph
 from ._process import Process
 from ._topic import ERROR_NAME
+from ._wiring import find_problems
 from .connections._base import Subscription
 
 __all__ = ["Plan", "Step"]
@@ -46,7 +47,7 @@ def unique_names(processes: Sequence[Process]) -> list[str]:
 
 
 class Plan:
-    def __init__(self, processes: Sequence[Process]) -> None:
+    def __init__(self, processes: Sequence[Process], inputs: Sequence[str] = ()) -> None:
         for p in processes:
             if not isinstance(p, Process):
                 raise TypeError(
@@ -55,6 +56,7 @@ class Plan:
                 )
         names = unique_names(processes)
         self.graph = Graph.of(processes, names)
+        self.graph.problems.extend(find_problems(self.graph, inputs))
         on_cycle = self.graph.processes_on_cycles()
         self.steps = [
             Step(name, p, p.is_join, name in on_cycle) for name, p in zip(names, processes, strict=True)

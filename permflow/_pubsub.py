@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
 import queue
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, final
 
@@ -15,6 +17,7 @@ import anyio
 
 from ._context import RUN_KEY
 from ._engine import CLEANUP_SECONDS, Run, Settings, Tracer
+from ._errors import DefinitionError, PermflowWarning
 from ._graph import Graph
 from ._message import Message
 from ._plan import Plan
@@ -58,6 +61,7 @@ class PubSub(Runnable):
         step_timeout: float | None = None,
         max_deliveries: int = 5,
         trace: Tracer | None = None,
+        inputs: Sequence[Topic | str] = (),
     ) -> None:
         if isinstance(processes, Process):
             processes = (processes,)
@@ -65,7 +69,10 @@ class PubSub(Runnable):
         if connection is not None and not isinstance(connection, PubSubConnection):
             raise TypeError(f"connection must be a PubSubConnection, got {connection!r}")
         self.connection = connection if connection is not None else InMemoryPubSubConnection()
-        self._plan = Plan(self.processes)
+        #: Topics fed from outside this PubSub (a human's answer, another PubSub on
+        #: the same state id): reading them is not a wiring mistake.
+        self.inputs: tuple[str, ...] = _topic_names(inputs)
+        self._plan = Plan(self.processes, self.inputs)
         self._on_workers = False
         self.settings = _settings(
             Settings(),
@@ -81,6 +88,8 @@ class PubSub(Runnable):
             if not callable(trace):
                 raise TypeError(f"trace must be a callable returning a context manager, got {trace!r}")
             self.settings = dataclasses.replace(self.settings, trace=trace)
+        for problem in self._plan.graph.problems:
+            warnings.warn(problem, PermflowWarning, stacklevel=2)
 
     @property
     def process_names(self) -> list[str]:
@@ -93,9 +102,10 @@ class PubSub(Runnable):
 
     def with_connection(self, connection: PubSubConnection) -> PubSub:
         """The same processes and settings over another connection."""
-        clone = PubSub(processes=self.processes, connection=connection)
-        clone.settings = self.settings
-        clone._on_workers = self._on_workers
+        if not isinstance(connection, PubSubConnection):
+            raise TypeError(f"connection must be a PubSubConnection, got {connection!r}")
+        clone = copy.copy(self)
+        clone.connection = connection
         return clone
 
     def with_workers(self) -> PubSub:
@@ -322,6 +332,17 @@ class PubSub(Runnable):
                     # the run was cancelled on purpose; its outcome no longer matters
                     with contextlib.suppress(concurrent.futures.CancelledError, Exception):
                         future.result()
+
+
+def _topic_names(inputs: Sequence[Topic | str]) -> tuple[str, ...]:
+    if isinstance(inputs, (str, Topic)):
+        inputs = (inputs,)
+    names = []
+    for topic in inputs:
+        if not isinstance(topic, (Topic, str)):
+            raise DefinitionError(f"inputs must be topics (or topic names), got {topic!r}")
+        names.append(topic.name if isinstance(topic, Topic) else Topic(topic).name)
+    return tuple(names)
 
 
 def _settings(base: Settings, overrides: Mapping[str, Any]) -> Settings:

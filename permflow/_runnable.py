@@ -292,6 +292,25 @@ def _is_async_callable(func: Any) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(call)
 
 
+def _refuse_uncalled_topic_method(thing: Any) -> None:
+    """``topic.publish`` (not ``topic.publish()``) as a step would publish nothing."""
+    from ._topic import Topic
+
+    owner = getattr(thing, "__self__", None)
+    if isinstance(owner, Topic) and thing.__name__ in ("publish", "publish_each", "subscribe", "join"):
+        from ._errors import DefinitionError
+
+        raise DefinitionError(
+            f"{owner!r}.{thing.__name__} is a method: call it to get the step, "
+            f"'| {_topic_expr(owner)}.{thing.__name__}()'"
+        )
+
+
+def _topic_expr(topic: Any) -> str:
+    specials = {"__in__": "Topic.IN", "__out__": "Topic.OUT", "__error__": "Topic.ERROR"}
+    return specials.get(topic.name, f"Topic({topic.name!r})")
+
+
 def coerce(thing: Any) -> Runnable:
     """Turn anything usable as a step into a ``Runnable``."""
     if isinstance(thing, Runnable):
@@ -301,6 +320,7 @@ def coerce(thing: Any) -> Runnable:
     if hasattr(thing, "ainvoke") or hasattr(thing, "invoke"):
         return _RunnableAdapter(thing)
     if callable(thing):
+        _refuse_uncalled_topic_method(thing)
         return RunnableLambda(thing)
     raise TypeError(
         f"cannot use {thing!r} (type {type(thing).__name__}) as a step: expected a "

@@ -38,7 +38,8 @@ def run_example(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, str(path), *args],
+        # a PermflowWarning (a wiring mistake) fails the example: none may warn
+        [sys.executable, "-W", "error::UserWarning", str(path), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -56,7 +56,7 @@ async def test_trace_sees_a_failing_step() -> None:
     def boom(x: int) -> int:
         raise ValueError("no")
 
-    pubsub = PubSub(Topic.IN.subscribe() | boom, trace=trace)
+    pubsub = PubSub(Topic.IN.subscribe() | boom | Topic.OUT.publish(), trace=trace)
     with anyio.fail_after(10), pytest.raises(ValueError, match="no"):
         await pubsub.ainvoke(1)
     assert [type(e) for e in seen] == [ValueError]
@@ -87,10 +87,12 @@ async def test_retries_and_redeliveries_are_logged(caplog: pytest.LogCaptureFixt
 
     caplog.set_level(logging.INFO, logger="permflow")
     pubsub = PubSub(
-        Topic.IN.subscribe(name="flaky") | RunnableLambda(flaky).with_retry(stop_after_attempt=3),
+        Topic.IN.subscribe(name="flaky")
+        | RunnableLambda(flaky).with_retry(stop_after_attempt=3)
+        | Topic.OUT.publish(),
         connection=InMemoryPubSubConnection(),
     )
-    resumed = PubSub(Topic.IN.subscribe(name="once") | fails_once)
+    resumed = PubSub(Topic.IN.subscribe(name="once") | fails_once | Topic.OUT.publish())
     with anyio.fail_after(10):
         await pubsub.ainvoke(5)
         with pytest.raises(RuntimeError):
