@@ -352,15 +352,15 @@ class Run:
         if delivery.suspect and gate is not None:
             # Its last holder vanished holding it: it may be what killed that holder.
             # Run it alone, and charge the attempt only now that it starts.
-            alone = await gate.enter_alone(_ALONE_PATIENCE)
+            token = await gate.enter_alone(_ALONE_PATIENCE)
             try:
                 if not await self.conn.charge(delivery, owner=self.owner):
                     self._held -= 1
                     return []
                 return await self._run_step(step, delivery, source, entered=True)
             finally:
-                if alone:
-                    gate.leave_alone()
+                if token is not None:
+                    gate.leave_alone(token)
                 else:
                     gate.leave()
         return await self._run_step(step, delivery, source)
@@ -407,17 +407,19 @@ class Run:
         self, step: Step, value: Any, ctx: StepContext, source: Message, entered: bool
     ) -> None:
         timeout, trace, gate = self.settings.step_timeout, self.settings.trace, self._gate
-        # a step's time starts once it has a concurrency slot
-        async with self._steps if self._steps is not None else _no_slot():
-            if gate is not None and not entered:
-                await gate.enter()
-            try:
+        # The gate first, then a slot, for every step (a suspect too): a step held back
+        # at the gate holds no slot a suspect inside it would need.
+        if gate is not None and not entered:
+            await gate.enter()
+        try:
+            # a step's time starts once it has a concurrency slot
+            async with self._steps if self._steps is not None else _no_slot():
                 with anyio.move_on_after(timeout) as scope:
                     with trace(step.name, source) if trace is not None else nullcontext():
                         await step.process.ainvoke(value, {RUN_KEY: ctx})
-            finally:
-                if gate is not None and not entered:
-                    gate.leave()
+        finally:
+            if gate is not None and not entered:
+                gate.leave()
         if scope.cancelled_caught:
             raise TimeoutError(
                 f"process {step.name!r} took longer than step_timeout={timeout}s on a message "

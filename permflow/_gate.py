@@ -25,11 +25,11 @@ class Gate:
 
     def __init__(self) -> None:
         self.running = 0
-        self._solo = False
+        self._solo: object | None = None  # the suspect inside (or waiting to be), if any
         self._changed: anyio.Event | None = None
 
     async def enter(self) -> None:
-        while self._solo:
+        while self._solo is not None:
             await self._wait()
         self.running += 1
 
@@ -37,28 +37,30 @@ class Gate:
         self.running -= 1
         self._notify()
 
-    async def enter_alone(self, patience: float) -> bool:
-        """Wait until no other step is inside, holding new ones back; False (and
-        entered as an ordinary step) if that took more than ``patience`` seconds."""
+    async def enter_alone(self, patience: float) -> object | None:
+        """Wait until no other step is inside, holding new ones back; a token for
+        ``leave_alone``. None (and entered as an ordinary step: ``leave``) if
+        that took more than ``patience`` seconds."""
+        token = object()
         with anyio.move_on_after(patience):
-            while self._solo:
+            while self._solo is not None:
                 await self._wait()
-            self._solo = True
+            self._solo = token
             try:
                 while self.running:
                     await self._wait()
             except BaseException:
-                self.leave_alone()
+                self.leave_alone(token)
                 raise
-            return True
-        if self._solo:
-            self.leave_alone()
+            return token
+        self.leave_alone(token)  # only if it was this suspect's: another may hold the gate
         await self.enter()
-        return False
+        return None
 
-    def leave_alone(self) -> None:
-        self._solo = False
-        self._notify()
+    def leave_alone(self, token: object) -> None:
+        if self._solo is token:
+            self._solo = None
+            self._notify()
 
     async def _wait(self) -> None:
         if self._changed is None:

@@ -74,8 +74,9 @@ class Worker:
         self._stop_asked = False
         # What could not be handed back while the store was away: claims to hand
         # back and (state id, owner) deliveries to release once it answers again.
-        self._unfinished: list[Claim] = []
+        self._unfinished: list[tuple[Claim, bool]] = []
         self._unreleased: list[tuple[str, str]] = []
+        self._outage = Outage(f"worker {self.name}", log)
 
     @property
     def stopping(self) -> bool:
@@ -98,7 +99,7 @@ class Worker:
         capacity = Capacity(
             anyio.CapacityLimiter(self.concurrency), self._call_for_help, self.connection.mark_failed, Gate()
         )
-        outage = Outage(f"worker {self.name}", log)
+        outage = self._outage
         log.info("worker %s started (concurrency %d) on %r", self.name, self.concurrency, self.connection)
         async with anyio.create_task_group() as drivers:
             if self.connection.lease != math.inf:
@@ -166,13 +167,16 @@ class Worker:
         its runs resume now rather than after their leases."""
         unreleased, self._unreleased = self._unreleased, []
         unfinished, self._unfinished = self._unfinished, []
-        try:
-            for sid, owner in unreleased:
+        for sid, owner in unreleased:
+            try:
                 await self.connection.release(sid, owner)
-            for claim in unfinished:
-                await self.connection.finish(claim, hand_back=True)
-        except ConnectionFailedError as exc:  # away again: their leases will do it
-            log.debug("worker %s could not hand back work after an outage: %s", self.name, exc)
+            except Exception as exc:  # away again, or that run's keys are broken: the lease will do
+                log.debug("worker %s could not hand back the deliveries of %s: %r", self.name, sid, exc)
+        for claim, hand_back in unfinished:
+            try:
+                await self.connection.finish(claim, hand_back=hand_back)
+            except Exception as exc:
+                log.debug("worker %s could not finish its claim on %s: %r", self.name, claim.state_id, exc)
 
     async def _call_for_help(self, state_id: str) -> None:
         await self.connection.announce(state_id, help=True)
@@ -195,9 +199,10 @@ class Worker:
                     await self._run(sid, counts, capacity)
                     self.runs_done += 1
             except ConnectionFailedError as exc:
-                # The store went away: the run stays as stored. Hand the claim back
-                # (or let it lapse) so that a worker takes the run up when it returns.
+                # The store went away: the run stays as stored. Back off, then hand the
+                # claim back (or let it lapse) so that a worker takes it up when it returns.
                 log.info("worker %s hands back state id %s: %s", self.name, sid, exc)
+                await self._outage.failed(exc, self._stopping)
                 return
             except Exception as exc:
                 await self._quarantine(sid, exc)
@@ -215,11 +220,11 @@ class Worker:
                     scope.deadline = anyio.current_time() + CLEANUP_SECONDS
                     await conn.finish(claim, hand_back=not finished)
                 if scope.cancelled_caught:  # the store did not answer in time
-                    self._unfinished.append(claim)
+                    self._unfinished.append((claim, not finished))
             except Exception as exc:  # the store is away: try again when it is back
                 log.debug("worker %s could not finish its claim on %s: %r", self.name, sid, exc)
                 if isinstance(exc, ConnectionFailedError):
-                    self._unfinished.append(claim)
+                    self._unfinished.append((claim, not finished))
             finally:
                 self._running -= 1
                 self._room.set()

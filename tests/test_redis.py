@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.lowlevel
 import pytest
 import redis.asyncio
 import redis.exceptions
@@ -529,6 +530,29 @@ async def test_owners_that_died_before_the_step_charge_nothing(
     with anyio.fail_after(10):
         assert await pubsub.ainvoke(None, {"state_id": "s"}) == ["healthy"]
     assert [m.topic for m in await conn.apeek("s")] == ["__in__", "__out__"]
+
+
+async def test_a_suspect_beside_fresh_work_at_max_concurrency_one_does_not_deadlock(
+    conn: RedisPubSubConnection, raw: Any, redis_prefix: str
+) -> None:
+    """A suspect and a fresh delivery under max_concurrency=1 both run: gate, then slot, for every step."""
+    seen: list[str] = []
+
+    async def step(x: str) -> str:
+        seen.append(x)
+        await anyio.lowlevel.checkpoint()
+        return x
+
+    pubsub = PubSub(Topic.IN.subscribe() | step | Topic.OUT.publish(), connection=conn, max_concurrency=1)
+    (name,) = pubsub.process_names
+    await conn.register("s", [Subscription(name, "__in__")])
+    await conn.publish("s", [msg("__in__", "held by a ghost")])
+    await conn.fetch("s", name, owner="ghost")  # its owner vanished holding it: a suspect
+    await age(raw, redis_prefix, "s", "__in__", name, 60)
+    await conn.publish("s", [msg("__in__", "fresh")])
+    with anyio.fail_after(10):
+        assert sorted(await pubsub.ainvoke(None, {"state_id": "s"})) == ["fresh", "held by a ghost"]
+    assert sorted(seen) == ["fresh", "held by a ghost"]
 
 
 async def test_two_concurrent_resumers_store_outputs_once(

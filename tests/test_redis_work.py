@@ -13,7 +13,8 @@ import anyio
 import pytest
 from helpers import wakes_a_waiter
 
-from permflow import Message, RedisPubSubConnection, Subscription
+from permflow import Message, PermflowError, PubSub, RedisPubSubConnection, Subscription, Topic
+from permflow._worker import Worker
 from permflow.connections._base import Claim
 
 pytestmark = pytest.mark.anyio
@@ -248,3 +249,26 @@ async def test_run_summaries_count_outstanding_and_order_by_update(conn: RedisPu
     newest, oldest = (s["updated_at"] for s in summaries)
     assert isinstance(newest, float) and isinstance(oldest, float)
     assert time.time() + 1 >= newest >= oldest > time.time() - 60
+
+
+async def test_a_run_with_a_missing_key_is_quarantined_and_the_worker_serves_the_next(
+    conn: RedisPubSubConnection, raw: Any, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run whose topic stream vanished fails its client once; the worker does not hand it back in a loop."""
+    pubsub = PubSub(Topic.IN.subscribe() | (lambda x: x * 2) | Topic.OUT.publish(), connection=conn)
+    client = pubsub.with_workers()
+    (name,) = pubsub.process_names
+    await conn.register("broken", [Subscription(name, "__in__")])
+    await conn.publish("broken", [msg("__in__", 1)])
+    await raw.delete(f"{{{redis_prefix}:broken}}:t:__in__")  # evicted, or deleted by hand
+    worker = Worker(pubsub, name="w1")
+    with caplog.at_level("INFO", logger="permflow.worker"), anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            await tg.start(worker.run)
+            with pytest.raises(PermflowError, match="missing"):
+                await client.ainvoke(None, {"state_id": "broken"})
+            assert await client.ainvoke(21, {"state_id": "healthy"}) == [42]
+            worker.stop()
+    quarantined = [r for r in caplog.records if "quarantined state id broken" in r.getMessage()]
+    handed_back = [r for r in caplog.records if "hands back state id broken" in r.getMessage()]
+    assert len(quarantined) == 1 and handed_back == []

@@ -149,6 +149,8 @@ class Bound:
         replies: list[Any] = []
         try:
             await self._write_read(calls, alone, replies)
+        except _NotSent as exc:  # nothing reached the server (it is down): nothing to resend
+            raise exc.error from exc.error.__cause__
         except Dropped as exc:
             if isinstance(exc, AuthenticationError) or not self._reconnects:
                 raise
@@ -189,9 +191,15 @@ class Bound:
         if keep and self._kept is not None:
             connection, self._kept = self._kept, None
         else:
-            connection = await pool.get_connection()
+            try:
+                connection = await pool.get_connection()
+            except Exception as exc:
+                raise _NotSent(exc) from exc
         try:
-            await _fresh(connection)
+            try:
+                await _fresh(connection)
+            except Exception as exc:
+                raise _NotSent(exc) from exc
             await connection.send_packed_command(packed, check_health=False)
             for _ in calls:
                 try:
@@ -209,6 +217,14 @@ class Bound:
             self._kept = connection
         else:
             await pool.release(connection)
+
+
+class _NotSent(Exception):
+    """Connecting failed: no call of the batch reached the server."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 async def _fresh(connection: Any) -> None:

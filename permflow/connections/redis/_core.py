@@ -184,7 +184,7 @@ class RedisCore(PubSubConnection):
         keys, args = self._keys(state_id)
         args += (process, topic, owner, lua.RELEASED)
         for entry_id, attempt, _ in codec.unpack_entries(packed):
-            args += (entry_id, int(attempt) - 1)
+            args += (entry_id, abs(int(attempt)) - 1)  # negative: a suspect's
         with self._failures(f"handing back deliveries of process {process!r} of state id {state_id!r}"):
             await bound.run("UNFETCH", keys, args)
 

@@ -3,8 +3,9 @@
 A dropped or refused connection, a server that does not answer, bad
 credentials, a missing ACL permission, a cluster node, a server too old for
 the commands permflow needs, and a key of the wrong type (corrupt data) each
-say so, and what to do about it. Corrupt data is a ``CorruptEntryError`` (the
-run is broken, the store is fine); everything else a ``ConnectionFailedError``.
+say so, and what to do about it. Corrupt or missing data is a
+``CorruptEntryError`` (the run is broken, the store is fine); everything else a
+``ConnectionFailedError`` (the store, or the way to it, is at fault).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ __all__ = ["ACL_COMMANDS", "convert"]
 #: and ACLs"; tested in tests/test_faults.py).
 ACL_COMMANDS = "+@scripting +@stream +@hash +@set +@string +@keyspace -@dangerous"
 
-_CLUSTER = ("MOVED", "ASK", "CLUSTERDOWN", "CROSSSLOT", "TRYAGAIN")
+_CLUSTER = ("MOVED", "ASK", "CROSSSLOT")
+#: Replies of a server that is up but cannot serve now: an outage, not bad data.
+_UNAVAILABLE = ("OOM", "BUSY", "READONLY", "MASTERDOWN", "NOREPLICAS", "LOADING", "TRYAGAIN", "CLUSTERDOWN")
 
 
 def convert(exc: Exception, *, where: str, prefix: str, doing: str, timeout: float | None) -> PermflowError:
@@ -62,13 +65,21 @@ def convert(exc: Exception, *, where: str, prefix: str, doing: str, timeout: flo
             f"{head} does not know a command permflow needs while {doing}: {reason}. permflow "
             "needs Redis 6.2 or later (or Valkey)."
         )
+    if reason.startswith(_UNAVAILABLE):
+        return ConnectionFailedError(
+            f"{head} cannot serve requests now, while {doing}: {reason}. permflow retries where it "
+            "is safe; check the server (memory, replication, a long script)."
+        )
     if "WRONGTYPE" in reason:
         return CorruptEntryError(
             f"{head}: a key permflow uses holds another type of value, while {doing}: {reason}. "
             f"Something other than permflow wrote under prefix {prefix!r}: inspect the keys of "
             "that state id, or delete it."
         )
-    return ConnectionFailedError(
-        f"{head} refused a command while {doing}: {reason}. If a key under prefix {prefix!r} was "
-        "written by another program, inspect it or delete that state id."
+    # Anything else the server refuses (a missing consumer group, a script error on
+    # unexpected data) is about the keys of this run, not the server: corrupt data.
+    return CorruptEntryError(
+        f"{head} refused a command while {doing}: {reason}. A key under prefix {prefix!r} is "
+        "missing or was changed by another program (evicted, deleted by hand): inspect the keys "
+        "of that state id, or delete it."
     )

@@ -120,7 +120,7 @@ REPUBLISH = (
     PRELUDE
     + STORE_LIB
     + """
-local ids = find_stored(5, '-', 10000)
+local ids = find_stored(5, '-', 1000)
 if ids then return ids end
 ids = store(5, {})
 changed()
