@@ -164,10 +164,10 @@ def _peek(args: argparse.Namespace) -> int:
 
 def _invoke(args: argparse.Namespace) -> int:
     pubsub = load_pubsub(args.target)
-    if args.redis:
-        pubsub = pubsub.with_connection(_connection(args))
     if args.workers:
-        pubsub = pubsub.with_workers()
+        pubsub = _shared(pubsub, args).with_workers()
+    elif args.redis:
+        pubsub = pubsub.with_connection(_connection(args))
     try:
         value: Any = json.loads(args.input)
     except json.JSONDecodeError:
@@ -254,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     invoke.add_argument(
         "--workers",
         action="store_true",
-        help="submit to workers instead of running here",
+        help="submit to workers instead of running here (needs a shared store)",
     )
     invoke.add_argument("--state-id", help="run under this state id (resume it with input null)")
     invoke.add_argument("--quiet", action="store_true", help="print only the OUT values")

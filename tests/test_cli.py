@@ -162,13 +162,20 @@ def test_a_permflow_error_of_a_run_is_one_line(tmp_path: Path) -> None:
     assert "received an equal value again along one lineage" in failure_line(result)
 
 
-def test_worker_refuses_an_in_memory_pubsub(tmp_path: Path) -> None:
-    """A worker without --redis on an in-memory PubSub refuses (exit 2) in one line: no other
-    process could see its runs."""
-    result = cli(tmp_path, "worker", "app:pubsub", timeout=30)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["worker", "app:pubsub"],
+        ["invoke", "app:pubsub", '"a"', "--workers"],
+    ],
+)
+def test_workers_refuse_an_in_memory_pubsub(tmp_path: Path, command: list[str]) -> None:
+    """worker, or invoke --workers, without --redis on an in-memory PubSub refuses (exit 2) in one
+    line: no other process could see its runs, so it would wait forever."""
+    result = cli(tmp_path, *command, timeout=30)
     assert result.returncode == 2
     assert failure_line(result) == (
-        "permflow worker: app:pubsub uses an in-memory connection, which other processes "
+        f"permflow {command[0]}: app:pubsub uses an in-memory connection, which other processes "
         "cannot see: pass --redis URL"
     )
 
