@@ -8,7 +8,7 @@ wrong result fails the row and the exit status.
 
 ``--quick`` runs permflow, the asyncio baseline and (when reachable) the
 Redis rows with small n, checks correctness and exits non-zero on any wrong
-result. It never judges speed.
+result. It never judges speed, so it prints no targets.
 
 Redis is checked before anything runs (``systems/_redis_common.py``): when it
 does not answer, its rows are "not available", or, under ``CI=true``, the run
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     wls = [w for w in workloads(args.quick) if w.key in data["workloads"]]
     table = _report.rows(data, wls)
     print()
-    print(_report.text_table(table))
+    print(_report.text_table(table, targets=not args.quick))
     print(
         f"\n{len(table)} rows in {data['meta']['seconds']} s; ratios are cost / baseline cost "
         "(>1 means slower than the baseline)."

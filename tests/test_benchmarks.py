@@ -1,4 +1,5 @@
-"""The benchmark scripts: where they find Redis, and what a missing one does."""
+"""The benchmark scripts: where they find Redis, what a missing one does, and
+that quick runs (which judge nothing) print no targets."""
 
 from __future__ import annotations
 
@@ -89,3 +90,28 @@ def test_a_missing_redis_outside_ci_is_not_available(module: str, args: list[str
     assert result.returncode == 0, result.stderr
     assert "not available: no Redis at " + CLOSED in result.stdout
     assert result.stderr == ""
+
+
+def test_a_quick_run_prints_no_targets() -> None:
+    """A quick run of the main benchmark shows its table without a target column."""
+    result = bench("benchmarks", ["--quick", "--only", "permflow", "asyncio", "--workloads", "w1_async"])
+    assert result.returncode == 0, result.stderr
+    assert "W1 100-process chain" in result.stdout
+    assert "target" not in result.stdout
+
+
+def test_the_worker_benchmark_judges_ratios_only_in_full_runs(
+    benchmarks_on_path: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks.workers prints a ratio's target and verdict in a full run, neither in a quick one."""
+    from benchmarks import workers
+
+    pair = [
+        workers.Setup("a", "cpu", 1, 10, 6, lambda n, loops: [], lambda x: x, rates=[10.0]),
+        workers.Setup("b", "cpu", 2, 10, 12, lambda n, loops: [], lambda x: x, rates=[12.0]),
+    ]
+    assert workers.report(pair, "2 workers vs 1", 1.6, quick=True)
+    quick = capsys.readouterr().out
+    assert "2 workers vs 1: 1.20×" in quick and "target" not in quick and "BELOW" not in quick
+    assert not workers.report(pair, "2 workers vs 1", 1.6, quick=False)
+    assert "1.20×  (target ≥ 1.6×)  BELOW TARGET" in capsys.readouterr().out
