@@ -8,7 +8,11 @@ wrong result fails the row and the exit status.
 
 ``--quick`` runs permflow, the asyncio baseline and (when reachable) the
 Redis rows with small n, checks correctness and exits non-zero on any wrong
-result. It never judges speed.
+result. It never judges speed, so it prints no targets.
+
+Redis is checked before anything runs (``systems/_redis_common.py``): when it
+does not answer, its rows are "not available", or, under ``CI=true``, the run
+fails at once with one line.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 from . import _report, _venvs
 from ._worker import MARK
 from ._workloads import Workload, workloads
+from .systems import _redis_common
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -171,10 +176,21 @@ def _mem_count(data: dict[str, Any], system: str, wl: Workload, quick: bool) -> 
     return max(1_000, min(wl.count, fit // 1_000 * 1_000))
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _chosen(args: argparse.Namespace) -> tuple[list[Spec], list[Workload]]:
+    systems = [s for s in SYSTEMS if (not s.peer or args.peers) and (not args.only or s.name in args.only)]
+    return systems, [w for w in workloads(args.quick) if not args.workloads or w.key in args.workloads]
+
+
+def _redis_missing(args: argparse.Namespace) -> str | None:
+    """Why the Redis rows cannot run, when some are chosen and Redis does not answer."""
+    chosen, wls = _chosen(args)
+    wanted = any(_takes_part(s.name, s.family, wl) for s in chosen for wl in wls if s.family == "redis")
+    return _redis_common.missing() if wanted else None
+
+
+def run(args: argparse.Namespace, redis_missing: str | None = None) -> dict[str, Any]:
     quick = args.quick
-    chosen = [s for s in SYSTEMS if (not s.peer or args.peers) and (not args.only or s.name in args.only)]
-    wls = [w for w in workloads(quick) if not args.workloads or w.key in args.workloads]
+    chosen, wls = _chosen(args)
     data: dict[str, Any] = {
         "meta": {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -193,6 +209,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pythons: dict[str, str] = {}
     workers: list[Worker] = []
     for spec in chosen:
+        if spec.family == "redis" and redis_missing:
+            data["systems"][spec.name] = {"available": False, "reason": redis_missing, "what": spec.what}
+            print(f"[{spec.name}] not available: {redis_missing}", flush=True)
+            continue
         try:
             pythons[spec.name] = _python(spec, args.install)
             worker = Worker(spec, pythons[spec.name])
@@ -312,11 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     args.peers = (not args.quick) if args.peers is None else args.peers
     args.write = (not args.quick) if args.write is None else args.write
 
-    data = run(args)
+    redis_missing = _redis_missing(args)
+    if redis_missing and _redis_common.under_ci():
+        print(f"python -m benchmarks: {redis_missing} (CI=true: the Redis rows must run)", file=sys.stderr)
+        return 1
+    data = run(args, redis_missing)
     wls = [w for w in workloads(args.quick) if w.key in data["workloads"]]
     table = _report.rows(data, wls)
     print()
-    print(_report.text_table(table))
+    print(_report.text_table(table, targets=not args.quick))
     print(
         f"\n{len(table)} rows in {data['meta']['seconds']} s; ratios are cost / baseline cost "
         "(>1 means slower than the baseline)."

@@ -133,11 +133,15 @@ def _mem_rows(data: dict[str, Any], wl: Workload) -> list[Row]:
 HEADERS = ("workload", "system", "median", "range (rounds)", "vs baseline", "vs permflow", "target", "note")
 
 
-def text_table(table: list[Row]) -> str:
+def text_table(table: list[Row], *, targets: bool = True) -> str:
+    """The rows as aligned text; without the target column unless ``targets``
+    (a quick run judges nothing, so it shows no targets)."""
     cells = [HEADERS] + [
         (r.workload, r.system, r.median, r.spread, r.ratio, r.vs_permflow, r.target, r.note) for r in table
     ]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS) - 1)]
+    if not targets:
+        cells = [c[:6] + c[7:] for c in cells]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]) - 1)]
     lines = []
     previous = None
     for c in cells:

@@ -1,5 +1,7 @@
 """permflow: programs as chains that talk over named topics."""
 
+import logging as _logging
+
 from ._errors import (
     ConnectionFailedError,
     CycleError,
@@ -20,6 +22,10 @@ from ._topic import Topic, route
 from .connections import InMemoryPubSubConnection, PubSubConnection, RedisPubSubConnection, Subscription
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where to: without this handler,
+# Python's last-resort handler would print permflow's warnings to stderr.
+_logging.getLogger("permflow").addHandler(_logging.NullHandler())
 
 __all__ = [
     "ConnectionFailedError",

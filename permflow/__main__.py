@@ -1,10 +1,14 @@
-"""Command line: ``python -m permflow graph MODULE:ATTR`` and friends."""
+"""Command line: ``python -m permflow graph MODULE:ATTR`` and friends.
+
+A command that fails prints one line on stderr, ``permflow COMMAND: what went
+wrong``, and exits with 1 (or 2 for a wrong argument); ``--log-level debug``
+also prints the traceback. Errors raised by your own steps keep theirs.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
+import contextlib
 import json
 import logging
 import sys
@@ -12,38 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ._cli import CommandError, load_pubsub, number, redis_url, report
 from ._pubsub import PubSub
 
-__all__ = ["load_pubsub", "main"]
-
-
-def load_pubsub(spec: str) -> PubSub:
-    """Import ``module:attribute`` (or ``path/to/file.py:attribute``) and
-    return the PubSub it names."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not attr:
-        raise SystemExit(f"expected MODULE:ATTR (e.g. myapp.flows:pubsub), got {spec!r}")
-    try:
-        if module_name.endswith(".py"):
-            loader_spec = importlib.util.spec_from_file_location("__permflow_target__", module_name)
-            if loader_spec is None or loader_spec.loader is None:
-                raise SystemExit(f"cannot load {module_name!r}")
-            module = importlib.util.module_from_spec(loader_spec)
-            loader_spec.loader.exec_module(module)
-        else:
-            sys.path.insert(0, "")
-            module = importlib.import_module(module_name)
-    except (ImportError, OSError) as exc:
-        raise SystemExit(f"cannot import {module_name!r}: {exc}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise SystemExit(f"{module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(obj, PubSub):
-        raise SystemExit(f"{spec} is of type {type(obj).__name__}, not a permflow.PubSub")
-    return obj
+__all__ = ["CommandError", "load_pubsub", "main"]
 
 
 def _graph(args: argparse.Namespace) -> int:
@@ -79,30 +55,41 @@ def _connection(args: argparse.Namespace) -> Any:
     return RedisPubSubConnection.from_url(args.redis, prefix=args.prefix, lease=args.lease)
 
 
+def _shared(pubsub: PubSub, args: argparse.Namespace) -> PubSub:
+    """``pubsub`` on a store other processes see: ``--redis`` if given, else its
+    own connection, unless that is in memory (workers could never see its runs)."""
+    from .connections.memory import InMemoryPubSubConnection
+
+    if args.redis:
+        return pubsub.with_connection(_connection(args))
+    if isinstance(pubsub.connection, InMemoryPubSubConnection):
+        raise CommandError(
+            f"{args.target} uses an in-memory connection, which other processes cannot see: pass --redis URL",
+            status=2,
+        )
+    return pubsub
+
+
 def _worker(args: argparse.Namespace) -> int:
     import anyio
 
     from ._worker import Worker
-    from .connections.memory import InMemoryPubSubConnection
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    pubsub = load_pubsub(args.target)
-    if args.redis:
-        pubsub = pubsub.with_connection(_connection(args))
-    elif isinstance(pubsub.connection, InMemoryPubSubConnection):
-        raise SystemExit(
-            f"{args.target} uses an in-memory connection, which other processes cannot see: pass --redis URL"
-        )
+    pubsub = _shared(load_pubsub(args.target), args)
     worker = Worker(pubsub, concurrency=args.concurrency, name=args.name, grace=args.grace)
 
     async def serve() -> None:
+        failure: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signals, worker, tg.cancel_scope)
-            await worker.run()
+            try:
+                await worker.run()
+            except Exception as exc:  # raised as itself below, not inside an exception group
+                failure = exc
             tg.cancel_scope.cancel()
         await pubsub.connection.aclose()
+        if failure is not None:
+            raise failure
 
     anyio.run(serve)
     return 0
@@ -157,6 +144,11 @@ def _peek(args: argparse.Namespace) -> int:
         messages = conn.peek(args.state_id)
     finally:
         conn.close()
+    if not messages:
+        raise CommandError(
+            f"no run is stored under state id {args.state_id!r} (prefix {args.prefix!r}); "
+            "`permflow runs` lists the stored ones"
+        )
     if args.json:
         rows = [
             {"id": m.id, "topic": m.topic, "value": m.value, "depth": m.depth, "published_at": m.published_at}
@@ -167,24 +159,23 @@ def _peek(args: argparse.Namespace) -> int:
     for m in messages:
         stamp = time.strftime("%H:%M:%S", time.localtime(m.published_at))
         print(f"{m.id:>20}  {stamp}  {m.topic:<16}  depth {m.depth:<3}  {m.value!r}")
-    if not messages:
-        print(f"(no messages stored for state id {args.state_id!r})")
     return 0
 
 
 def _invoke(args: argparse.Namespace) -> int:
     pubsub = load_pubsub(args.target)
-    if args.redis:
-        pubsub = pubsub.with_connection(_connection(args))
     if args.workers:
-        pubsub = pubsub.with_workers()
+        pubsub = _shared(pubsub, args).with_workers()
+    elif args.redis:
+        pubsub = pubsub.with_connection(_connection(args))
     try:
         value: Any = json.loads(args.input)
     except json.JSONDecodeError:
         value = args.input  # plain text input
     config = {"state_id": args.state_id} if args.state_id else None
     started, count, out = time.monotonic(), 0, []
-    with pubsub.stream(value, config) as messages:
+    # What steps print goes to stderr: stdout is for the OUT values.
+    with contextlib.redirect_stdout(sys.stderr), pubsub.stream(value, config) as messages:
         for message in messages:
             count += 1
             if message.topic == "__out__":
@@ -200,26 +191,58 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _add_store_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--redis", required=required, metavar="URL", help="redis://host:port/db")
+    parser.add_argument(
+        "--redis", required=required, metavar="URL", type=redis_url, help="redis://host:port/db"
+    )
     parser.add_argument("--prefix", default="permflow", help="key prefix (default: permflow)")
-    parser.add_argument("--lease", type=float, default=30.0, help="lease in seconds (default: 30)")
+    parser.add_argument(
+        "--lease",
+        type=number(float, least=0, strict=True),
+        default=30.0,
+        help="lease in seconds (default: 30)",
+    )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="permflow", description=__doc__)
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default=default,
+        metavar="LEVEL",
+        help=f"debug, info, warning or error (default {default.lower()}); "
+        "debug also prints the traceback of a failure",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="permflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     graph = commands.add_parser("graph", help="print the topics × processes graph as Mermaid text")
     graph.add_argument("target", help="MODULE:ATTR naming a PubSub")
     graph.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_log_level(graph, "WARNING")
     graph.set_defaults(func=_graph)
 
     worker = commands.add_parser("worker", help="run a PubSub's processes for every state id with work")
     worker.add_argument("target", help="MODULE:ATTR naming a PubSub")
     _add_store_options(worker, required=False)
-    worker.add_argument("--concurrency", type=int, default=10, help="runs and steps at once (default 10)")
+    worker.add_argument(
+        "--concurrency",
+        type=number(int, least=1, strict=False),
+        default=10,
+        help="runs and steps at once (default 10)",
+    )
     worker.add_argument("--name", help="worker name (default: host.pid)")
-    worker.add_argument("--grace", type=float, default=10.0, help="seconds to finish work on SIGTERM")
-    worker.add_argument("--log-level", default="info", help="debug, info, warning (default info)")
+    worker.add_argument(
+        "--grace",
+        type=number(float, least=0, strict=False),
+        default=10.0,
+        help="seconds to finish work on SIGTERM (default 10)",
+    )
+    _add_log_level(worker, "INFO")
     worker.set_defaults(func=_worker)
 
     invoke = commands.add_parser(
@@ -228,27 +251,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     invoke.add_argument("target", help="MODULE:ATTR naming a PubSub")
     invoke.add_argument("input", help="the input, as JSON (or plain text)")
     _add_store_options(invoke, required=False)
-    invoke.add_argument("--workers", action="store_true", help="submit to workers instead of running here")
+    invoke.add_argument(
+        "--workers",
+        action="store_true",
+        help="submit to workers instead of running here (needs a shared store)",
+    )
     invoke.add_argument("--state-id", help="run under this state id (resume it with input null)")
     invoke.add_argument("--quiet", action="store_true", help="print only the OUT values")
+    _add_log_level(invoke, "WARNING")
     invoke.set_defaults(func=_invoke)
 
     runs = commands.add_parser("runs", help="list state ids, with their outstanding work and age")
     _add_store_options(runs, required=True)
     runs.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_log_level(runs, "WARNING")
     runs.set_defaults(func=_runs)
 
     peek = commands.add_parser("peek", help="print the stored messages of a state id")
     peek.add_argument("state_id")
     _add_store_options(peek, required=True)
     peek.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_log_level(peek, "WARNING")
     peek.set_defaults(func=_peek)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
     except BrokenPipeError:  # e.g. piped into `head`
         sys.stderr.close()
         return 0
+    except (Exception, KeyboardInterrupt) as exc:
+        resumable = args.state_id if args.command == "invoke" else None
+        status = report(exc, command=args.command, debug=args.log_level == "DEBUG", state_id=resumable)
+        if status is None:
+            raise
+        return status
 
 
 if __name__ == "__main__":

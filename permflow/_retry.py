@@ -85,19 +85,22 @@ class RunnableRetry(Runnable):
             mark = ctx.mark() if ctx else 0
             try:
                 return await self.inner.ainvoke(input, config)
-            except self.retry_on:
+            except self.retry_on as exc:
                 if ctx:
                     ctx.rollback(mark)
                 if attempt == self.attempts:
                     raise
                 wait = self.wait_before(attempt)
+                # One line per retry; the traceback only for whoever asked for DEBUG.
                 _log.warning(
-                    "retrying %r in %.3fs (attempt %d of %d failed)",
+                    "retrying %r in %.3fs (attempt %d of %d failed: %s: %s)",
                     self.name,
                     wait,
                     attempt,
                     self.attempts,
-                    exc_info=True,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=_log.isEnabledFor(logging.DEBUG),
                 )
             await anyio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover

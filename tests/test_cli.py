@@ -1,4 +1,4 @@
-"""The command line: graph, invoke, peek and runs."""
+"""The command line: graph, invoke, peek, runs and worker, and how they fail."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 APP = """
 from permflow import PubSub, Topic, route
+print("app: loading")  # what a module prints at import must not spoil a command's stdout
 one, draft, review = Topic("one"), Topic("draft"), Topic("review")
 pubsub = PubSub(
     Topic.IN.subscribe() | (lambda x: x + "b") | one.publish(),
@@ -24,11 +25,14 @@ loop = PubSub(
     draft.subscribe() | (lambda n: n + 1) | review.publish(),
     review.subscribe() | route(lambda n: Topic.OUT if n >= 3 else draft, topics=[Topic.OUT, draft]),
 )
+chatty = PubSub(Topic.IN.subscribe() | (lambda x: print("step: working") or x) | Topic.OUT.publish())
 not_a_pubsub = 42
 """
 
+CLOSED = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
-def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+
+def cli(tmp_path: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     (tmp_path / "app.py").write_text(APP)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
     return subprocess.run(
@@ -37,8 +41,16 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
+
+
+def failure_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a failed command printed on stderr (after what the app printed itself)."""
+    lines = [line for line in result.stderr.splitlines() if not line.startswith(("app:", "step:"))]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
 
 
 def test_graph_prints_mermaid_with_its_cycle(tmp_path: Path) -> None:
@@ -54,6 +66,23 @@ def test_graph_json_lists_processes_and_cycles(tmp_path: Path) -> None:
     data = json.loads(cli(tmp_path, "graph", "app.py:loop", "--json").stdout)
     assert data["cycles"] == [["draft", "review"]]
     assert {p["reads"] for p in data["processes"].values()} == {"__in__", "draft", "review"}
+
+
+@pytest.mark.parametrize("target", ["app:loop", "app.py:loop"])
+def test_what_a_module_prints_while_loading_goes_to_stderr(tmp_path: Path, target: str) -> None:
+    """A module printing at import leaves stdout to the command: graph --json stays parseable."""
+    result = cli(tmp_path, "graph", target, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cycles"] == [["draft", "review"]]
+    assert "app: loading" in result.stderr
+
+
+def test_what_steps_print_during_invoke_goes_to_stderr(tmp_path: Path) -> None:
+    """invoke's stdout holds only the OUT values as JSON, even when a step prints."""
+    result = cli(tmp_path, "invoke", "app:chatty", '"a"', "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["a"]
+    assert "step: working" in result.stderr
 
 
 def test_invoke_prints_out_values_and_progress(tmp_path: Path) -> None:
@@ -74,18 +103,92 @@ def test_invoke_prints_out_values_and_progress(tmp_path: Path) -> None:
     ],
 )
 def test_bad_targets_get_one_clear_line(tmp_path: Path, target: str, expected: str) -> None:
-    """A wrong MODULE:ATTR exits non-zero with one line saying what is wrong, no traceback."""
+    """A wrong MODULE:ATTR exits 2 (a usage error) with one line saying what is wrong, no traceback."""
     result = cli(tmp_path, "graph", target)
-    assert result.returncode != 0
-    assert expected in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    line = failure_line(result)
+    assert line.startswith("permflow graph: ") and expected in line
 
 
-def test_worker_refuses_an_in_memory_pubsub(tmp_path: Path) -> None:
-    """A worker without --redis on an in-memory PubSub says other processes cannot see it."""
-    result = cli(tmp_path, "worker", "app:pubsub")
-    assert result.returncode != 0
-    assert "--redis" in result.stderr
+@pytest.mark.parametrize(
+    ("command", "doing"),
+    [
+        (["runs"], "listing state ids under prefix 'permflow'"),
+        (["peek", "s1"], "reading the log of state id 's1'"),
+        (["invoke", "app:pubsub", '"a"'], "registering processes of state id"),
+        (["invoke", "app:pubsub", '"a"', "--workers"], "registering processes of state id"),
+    ],
+)
+def test_an_unreachable_redis_is_one_line_and_exit_1(tmp_path: Path, command: list[str], doing: str) -> None:
+    """Every store command on an unreachable Redis prints one line naming it, no traceback, exit 1."""
+    result = cli(tmp_path, *command, "--redis", CLOSED)
+    assert result.returncode == 1
+    line = failure_line(result)
+    assert line.startswith(f"permflow {command[0]}: Redis at {CLOSED} failed while {doing}")
+    assert "Check that the server is running" in line
+
+
+def test_log_level_debug_shows_the_traceback(tmp_path: Path) -> None:
+    """With --log-level debug a failure prints its traceback, then the same one line."""
+    result = cli(tmp_path, "runs", "--redis", CLOSED, "--log-level", "debug")
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "ConnectionFailedError" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"permflow runs: Redis at {CLOSED} failed")
+
+
+def test_a_failing_step_keeps_its_traceback(tmp_path: Path) -> None:
+    """An error raised by the user's own step is not shortened: its traceback points into their code."""
+    (tmp_path / "steps.py").write_text(
+        "from permflow import PubSub, Topic\n"
+        "def boom(x):\n"
+        "    raise ValueError('bad input')\n"
+        "pubsub = PubSub(Topic.IN.subscribe() | boom | Topic.OUT.publish())\n"
+    )
+    result = cli(tmp_path, "invoke", "steps:pubsub", '"a"')
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "raise ValueError('bad input')" in result.stderr
+
+
+def test_a_permflow_error_of_a_run_is_one_line(tmp_path: Path) -> None:
+    """A run failing with a permflow error (here a CycleError) prints one line naming it."""
+    (tmp_path / "cycle.py").write_text(
+        "from permflow import PubSub, Topic\n"
+        "t = Topic('t')\n"
+        "pubsub = PubSub(Topic.IN.subscribe() | t.publish(), t.subscribe() | t.publish())\n"
+    )
+    result = cli(tmp_path, "invoke", "cycle:pubsub", '"a"', "--quiet")
+    assert result.returncode == 1
+    assert "received an equal value again along one lineage" in failure_line(result)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["worker", "app:pubsub"],
+        ["invoke", "app:pubsub", '"a"', "--workers"],
+    ],
+)
+def test_workers_refuse_an_in_memory_pubsub(tmp_path: Path, command: list[str]) -> None:
+    """worker, or invoke --workers, without --redis on an in-memory PubSub refuses (exit 2) in one
+    line: no other process could see its runs, so it would wait forever."""
+    result = cli(tmp_path, *command, timeout=30)
+    assert result.returncode == 2
+    assert failure_line(result) == (
+        f"permflow {command[0]}: app:pubsub uses an in-memory connection, which other processes "
+        "cannot see: pass --redis URL"
+    )
+
+
+def test_peek_of_an_unknown_state_id_fails(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    """peek of a state id with no stored messages exits 1 saying no run is stored under it."""
+    result = cli(tmp_path, "peek", "nope", "--redis", redis_url, "--prefix", redis_prefix)
+    assert result.returncode == 1
+    assert failure_line(result) == (
+        f"permflow peek: no run is stored under state id 'nope' (prefix {redis_prefix!r}); "
+        "`permflow runs` lists the stored ones"
+    )
+    assert result.stdout == ""
 
 
 def test_peek_and_runs_read_a_run_stored_in_redis(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -13,6 +17,25 @@ import pytest
 from permflow import InMemoryPubSubConnection, Message, PubSub, RunnableLambda, Topic
 
 pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RETRY_SCRIPT = """
+import logging, sys
+from permflow import PubSub, RunnableLambda, Topic
+
+if sys.argv[1] != "none":
+    logging.basicConfig(level=sys.argv[1])
+calls = []
+def flaky(x):
+    calls.append(x)
+    if len(calls) < 3:
+        raise ConnectionError("busy")
+    return x
+
+step = RunnableLambda(flaky).with_retry(retry_if_exception_type=(ConnectionError,), initial_wait=0.001)
+assert PubSub(Topic.IN.subscribe() | step | Topic.OUT.publish()).invoke("x") == ["x"]
+"""
 
 
 async def test_trace_wraps_every_step_execution() -> None:
@@ -101,3 +124,33 @@ async def test_retries_and_redeliveries_are_logged(caplog: pytest.LogCaptureFixt
     assert flaky_calls == [5, 5] and once_calls == [7, 7]
     assert "retrying 'test_retries_and_redeliveries_are_logged.<locals>.flaky'" in caplog.text
     assert "redelivering to 'once'" in caplog.text and "attempt 2" in caplog.text
+
+
+def _run_retry_script(tmp_path: Path, level: str) -> str:
+    """Run ``RETRY_SCRIPT`` in a fresh interpreter with logging at ``level``; return its stderr."""
+    script = tmp_path / "retry.py"
+    script.write_text(RETRY_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(script), level], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def test_retries_print_nothing_unless_logging_is_configured(tmp_path: Path) -> None:
+    """A retried step writes nothing to stderr when the application has not configured logging."""
+    assert _run_retry_script(tmp_path, "none") == ""
+
+
+def test_retry_warnings_are_one_line_and_tracebacks_are_for_debug(tmp_path: Path) -> None:
+    """At WARNING each retry is one line naming the error; at DEBUG it carries the traceback."""
+    warning = _run_retry_script(tmp_path, "WARNING")
+    lines = warning.splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith("WARNING:permflow.retry:retrying 'flaky'") for line in lines)
+    assert "(attempt 1 of 3 failed: ConnectionError: busy)" in lines[0]
+    assert "Traceback" not in warning
+    debug = _run_retry_script(tmp_path, "DEBUG")
+    assert debug.count("Traceback (most recent call last)") == 2
+    assert 'raise ConnectionError("busy")' in debug

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
@@ -149,6 +150,23 @@ async def stored_pairs(client: PubSub, state_id: str) -> list[tuple[str, Any]]:
         value = m.value["value"] if m.topic == "__out__" else m.value
         pairs.append((m.topic, value))
     return pairs
+
+
+async def test_a_worker_names_its_redis_url_without_password_and_its_prefix(
+    redis_url: str, redis_prefix: str, work_key_cleaned: None
+) -> None:
+    """A worker's start line names the Redis URL, with the password redacted, and the key prefix."""
+    parts = urlsplit(redis_url)
+    password = parts.password
+    if password is None:  # a server without a password accepts any for its default user
+        password = "s3cret-pw"
+        parts = parts._replace(netloc=f"default:{password}@{parts.netloc}")
+    async with worker_processes("chain", urlunsplit(parts), redis_prefix, count=1) as (worker,):
+        start = next(line for line in worker.lines if "worker w1 started" in line)
+    host = parts.netloc.rpartition("@")[2]
+    assert f"{parts.scheme}://{parts.username or ''}:***@{host}{parts.path}" in start
+    assert f"prefix={redis_prefix!r}" in start
+    assert password not in "\n".join(worker.lines)
 
 
 async def test_two_worker_processes_run_a_batch_of_200_three_process_chains(
