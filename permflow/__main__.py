@@ -38,6 +38,7 @@ def _graph(args: argparse.Namespace) -> int:
                         for name in graph.reads
                     },
                     "cycles": graph.cycles,
+                    "problems": graph.problems,
                 },
                 indent=2,
             )
@@ -46,6 +47,8 @@ def _graph(args: argparse.Namespace) -> int:
         print(graph.to_mermaid())
         for cycle in graph.cycles:
             print(f"%% cycle: {' → '.join([*cycle, cycle[0]])}")
+        for problem in graph.problems:
+            print(f"%% problem: {problem}")
     return 0
 
 

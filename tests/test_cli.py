@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 APP = """
+import warnings
 from permflow import PubSub, Topic, route
 print("app: loading")  # what a module prints at import must not spoil a command's stdout
 one, draft, review = Topic("one"), Topic("draft"), Topic("review")
@@ -26,6 +27,10 @@ loop = PubSub(
     review.subscribe() | route(lambda n: Topic.OUT if n >= 3 else draft, topics=[Topic.OUT, draft]),
 )
 chatty = PubSub(Topic.IN.subscribe() | (lambda x: print("step: working") or x) | Topic.OUT.publish())
+word, words = Topic("word"), Topic("words")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # the command line reports them itself
+    miswired = PubSub(Topic.IN.subscribe() | str.split | word.publish(), words.subscribe() | len)
 not_a_pubsub = 42
 """
 
@@ -66,6 +71,17 @@ def test_graph_json_lists_processes_and_cycles(tmp_path: Path) -> None:
     data = json.loads(cli(tmp_path, "graph", "app.py:loop", "--json").stdout)
     assert data["cycles"] == [["draft", "review"]]
     assert {p["reads"] for p in data["processes"].values()} == {"__in__", "draft", "review"}
+
+
+def test_graph_lists_wiring_problems_in_text_and_json(tmp_path: Path) -> None:
+    """graph reports Graph.problems: a topic nobody publishes (with a close name) and no way to OUT."""
+    text = cli(tmp_path, "graph", "app:miswired").stdout
+    problems = [line for line in text.splitlines() if line.startswith("%% problem: ")]
+    assert len(problems) == 2 and "topic 'words'" in problems[0] and "did you mean 'word'?" in problems[0]
+    assert "Topic.OUT" in problems[1]
+    data = json.loads(cli(tmp_path, "graph", "app:miswired", "--json").stdout)
+    assert [p.removeprefix("%% problem: ") for p in problems] == data["problems"]
+    assert json.loads(cli(tmp_path, "graph", "app:loop", "--json").stdout)["problems"] == []
 
 
 @pytest.mark.parametrize("target", ["app:loop", "app.py:loop"])
@@ -155,7 +171,8 @@ def test_a_permflow_error_of_a_run_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "cycle.py").write_text(
         "from permflow import PubSub, Topic\n"
         "t = Topic('t')\n"
-        "pubsub = PubSub(Topic.IN.subscribe() | t.publish(), t.subscribe() | t.publish())\n"
+        "pubsub = PubSub(Topic.IN.subscribe() | t.publish(),\n"
+        "                t.subscribe() | t.publish() | Topic.OUT.publish())\n"
     )
     result = cli(tmp_path, "invoke", "cycle:pubsub", '"a"', "--quiet")
     assert result.returncode == 1
