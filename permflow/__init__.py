@@ -3,6 +3,7 @@
 import logging as _logging
 
 from ._errors import (
+    ConfigError,
     ConnectionFailedError,
     CycleError,
     DefinitionError,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 _logging.getLogger("permflow").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "ConfigError",
     "ConnectionFailedError",
     "CycleError",
     "DefinitionError",

@@ -33,6 +33,7 @@ from ._gate import Gate
 from ._lineage import check_repeat, depth_exceeded
 from ._message import Delivery, Message
 from ._topic import ERROR_NAME
+from ._tracebacks import add_note, mark_step_error
 
 if TYPE_CHECKING:
     from ._plan import Plan, Step
@@ -112,6 +113,7 @@ class Run:
         self._failure: BaseException | None = None
         self.failed_at: tuple[str, str] | None = None  # (process, topic) of a failed step
         self.released = True  # False if handing back at the end failed (the store was away)
+        self.resumable = True  # False when the caller deletes the state id after a failure
         self._tg: anyio.abc.TaskGroup | None = None
         limit = settings.max_concurrency
         self._capacity = capacity
@@ -162,9 +164,14 @@ class Run:
             raise self._failure
         if timed_out:
             raise RunTimeoutError(
-                f"run {sid!r} did not finish within timeout={timeout}s; its unfinished "
-                "deliveries stay pending: invoke the same state id again to resume"
+                f"run {sid!r} did not finish within timeout={timeout}s; {self.left_behind()}"
             )
+
+    def left_behind(self) -> str:
+        """What a run that did not finish leaves, and how to go on from it."""
+        if self.resumable:
+            return "its unfinished deliveries stay pending: invoke the same state id again to resume"
+        return "its state was deleted (no state_id was given): pass config={'state_id': ...} to resume runs"
 
     async def _release(self, *, keep_quiet: bool) -> None:
         """Hand back what this run may hold (also deliveries a cancelled fetch
@@ -394,6 +401,12 @@ class Run:
             else:
                 if self.failed_at is None:
                     self.failed_at = (step.name, source.topic)
+                add_note(
+                    exc,
+                    f"permflow: process {step.name!r} failed on topic {source.topic!r} "
+                    f"(message id {source.id}, state id {self.state_id!r})",
+                )
+                mark_step_error(exc)  # the user's frames tell the story: trimmed at the API
                 raise
         if not ctx.outbox:
             return await self._commit(step, delivery, [])

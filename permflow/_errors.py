@@ -4,6 +4,7 @@ Every error permflow raises on its own account derives from one root::
 
     PermflowError
      ├── DefinitionError      (also ValueError)   a topic, chain or PubSub is malformed
+     ├── ConfigError          (also ValueError, TypeError) an argument or config value is invalid
      ├── CycleError           (also RecursionError) a run looped: depth limit or exact repeat
      ├── SerializationError   (also TypeError)    a value cannot be stored by the connection
      ├── PoisonMessageError                        a delivery kept failing; it was dead-lettered
@@ -20,6 +21,7 @@ valid but almost certainly not what was meant (see ``PubSub(inputs=...)``).
 from __future__ import annotations
 
 __all__ = [
+    "ConfigError",
     "ConnectionFailedError",
     "CycleError",
     "DefinitionError",
@@ -42,6 +44,11 @@ class PermflowWarning(UserWarning):
 
 class DefinitionError(PermflowError, ValueError):
     """A topic, chain or PubSub definition is invalid (raised at build time)."""
+
+
+class ConfigError(PermflowError, ValueError, TypeError):
+    """An argument or ``config`` value is invalid (a wrong type or value):
+    raised before anything runs or is stored."""
 
 
 class CycleError(PermflowError, RecursionError):

@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import anyio.to_thread
 
+from ._errors import ConfigError
+
 __all__ = ["Execution", "SyncRunner", "note_blocking_call"]
 
 Execution = Literal["auto", "thread", "inline"]
@@ -80,7 +82,7 @@ class SyncRunner:
 
     def __init__(self, func: Callable[[Any], Any], mode: Execution = "auto") -> None:
         if mode not in ("auto", "thread", "inline"):
-            raise ValueError(f"execution must be 'auto', 'thread' or 'inline', not {mode!r}")
+            raise ConfigError(f"execution must be 'auto', 'thread' or 'inline', not {mode!r}")
         self._func = func
         self._mode = mode
         self._profile = _profile_for(func) if mode == "auto" else _Profile()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._errors import DefinitionError
+from ._errors import ConfigError, DefinitionError
 from ._graph import Graph
 from ._process import Process
 from ._topic import ERROR_NAME
@@ -50,7 +50,7 @@ class Plan:
     def __init__(self, processes: Sequence[Process], inputs: Sequence[str] = ()) -> None:
         for p in processes:
             if not isinstance(p, Process):
-                raise TypeError(
+                raise ConfigError(
                     f"PubSub takes processes (topic.subscribe() | step | ...), got {p!r} "
                     f"of type {type(p).__name__}"
                 )

@@ -17,7 +17,7 @@ import anyio
 
 from ._context import RUN_KEY
 from ._engine import CLEANUP_SECONDS, Run, Settings, Tracer
-from ._errors import DefinitionError, PermflowWarning
+from ._errors import ConfigError, DefinitionError, PermflowWarning
 from ._graph import Graph
 from ._message import Message
 from ._plan import Plan
@@ -27,6 +27,7 @@ from ._remote import RemoteRun
 from ._runnable import Config, Runnable
 from ._stream import MessageStream, SyncMessageStream
 from ._topic import IN_NAME, OUT_NAME, Topic
+from ._tracebacks import trim_traceback
 from .connections._base import PubSubConnection
 from .connections.memory import InMemoryPubSubConnection
 
@@ -67,7 +68,7 @@ class PubSub(Runnable):
             processes = (processes,)
         self.processes: tuple[Process, ...] = (*args, *processes)
         if connection is not None and not isinstance(connection, PubSubConnection):
-            raise TypeError(f"connection must be a PubSubConnection, got {connection!r}")
+            raise ConfigError(f"connection must be a PubSubConnection, got {connection!r}")
         self.connection = connection if connection is not None else InMemoryPubSubConnection()
         #: Topics fed from outside this PubSub (a human's answer, another PubSub on
         #: the same state id): reading them is not a wiring mistake.
@@ -86,7 +87,7 @@ class PubSub(Runnable):
         )
         if trace is not None:
             if not callable(trace):
-                raise TypeError(f"trace must be a callable returning a context manager, got {trace!r}")
+                raise ConfigError(f"trace must be a callable returning a context manager, got {trace!r}")
             self.settings = dataclasses.replace(self.settings, trace=trace)
         for problem in self._plan.graph.problems:
             warnings.warn(problem, PermflowWarning, stacklevel=2)
@@ -103,7 +104,7 @@ class PubSub(Runnable):
     def with_connection(self, connection: PubSubConnection) -> PubSub:
         """The same processes and settings over another connection."""
         if not isinstance(connection, PubSubConnection):
-            raise TypeError(f"connection must be a PubSubConnection, got {connection!r}")
+            raise ConfigError(f"connection must be a PubSubConnection, got {connection!r}")
         clone = copy.copy(self)
         clone.connection = connection
         return clone
@@ -122,29 +123,33 @@ class PubSub(Runnable):
         """Whether runs are submitted to workers (see ``with_workers``)."""
         return self._on_workers
 
-    def _run(self, state_id: str, settings: Settings, emit: Callable[[Message], None]) -> Run | RemoteRun:
+    def _run(
+        self, state_id: str, settings: Settings, emit: Callable[[Message], None], *, resumable: bool = True
+    ) -> Run | RemoteRun:
         kind = RemoteRun if self._on_workers else Run
-        return kind(self._plan, self.connection, state_id, settings, emit)
+        run = kind(self._plan, self.connection, state_id, settings, emit)
+        run.resumable = resumable
+        return run
 
     # -- async API: the real one --------------------------------------------
 
     def _prepare(self, config: Config, topic: Topic | str | None) -> tuple[str, bool, Settings, str]:
         if config is not None and not isinstance(config, Mapping):
-            raise TypeError(
+            raise ConfigError(
                 f"config must be a dict such as {{'state_id': ...}}, got {type(config).__name__} {config!r}"
             )
         config = dict(config or {})
         nested = config.pop(RUN_KEY, None) is not None
         unknown = set(config) - _CONFIG_KEYS
         if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
         given = None if nested else config.get("state_id")
         if given is not None and (not isinstance(given, str) or not given):
-            raise ValueError(f"state_id must be a non-empty string, got {given!r}")
+            raise ConfigError(f"state_id must be a non-empty string, got {given!r}")
         state_id = given or os.urandom(16).hex()
         name = topic.name if isinstance(topic, Topic) else Topic(topic or IN_NAME).name
         if name == OUT_NAME:
-            raise ValueError("cannot send input to Topic.OUT")
+            raise ConfigError("cannot send input to Topic.OUT")
         return state_id, given is None, _settings(self.settings, config), name
 
     async def ainvoke(
@@ -162,10 +167,11 @@ class PubSub(Runnable):
             if message.topic == OUT_NAME:
                 out.append(message.value)
 
-        run = self._run(state_id, settings, collect)
+        run = self._run(state_id, settings, collect, resumable=not generated)
         try:
             await run.execute(None if input is None else name, input)
         except BaseException as exc:  # failed or cancelled
+            trim_traceback(exc)
             if generated:  # nobody knows this id, so nobody could resume it
                 await self._forget(state_id)
             elif isinstance(exc, Exception) and hasattr(exc, "add_note"):
@@ -215,12 +221,12 @@ class PubSub(Runnable):
         """
         if config is None or isinstance(config, Mapping):
             if config and config.get("state_id") and len(inputs) > 1:
-                raise ValueError("batch runs are independent: give one config per input to set state ids")
+                raise ConfigError("batch runs are independent: give one config per input to set state ids")
             configs: list[Config] = [config] * len(inputs)
         else:
             configs = list(config)
             if len(configs) != len(inputs):
-                raise ValueError(f"got {len(inputs)} inputs but {len(configs)} configs")
+                raise ConfigError(f"got {len(inputs)} inputs but {len(configs)} configs")
         results: list[Any] = [None] * len(inputs)
         limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
         failures: list[Exception] = []
@@ -271,7 +277,11 @@ class PubSub(Runnable):
         async def go() -> list[Any]:
             return await self.ainvoke(input, config, topic=topic)
 
-        return run_sync(go)
+        try:
+            return run_sync(go)
+        except Exception as exc:
+            trim_traceback(exc)
+            raise
 
     def batch(
         self,
@@ -283,7 +293,11 @@ class PubSub(Runnable):
         async def go() -> list[Any]:
             return await self.abatch(inputs, config, max_concurrency=max_concurrency)
 
-        return run_sync(go)
+        try:
+            return run_sync(go)
+        except Exception as exc:
+            trim_traceback(exc)
+            raise
 
     def peek(self, state_id: str) -> list[Message]:
         return run_sync(self.apeek, state_id)
@@ -323,6 +337,7 @@ class PubSub(Runnable):
                     if kind == "message":
                         yield item
                     elif kind == "error":
+                        trim_traceback(item)
                         raise item
                     else:
                         return
@@ -350,15 +365,15 @@ def _settings(base: Settings, overrides: Mapping[str, Any]) -> Settings:
     values.update((k, v) for k, v in overrides.items() if k in _SETTINGS)
     limit = values["recursion_limit"]
     if not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"recursion_limit must be a positive integer, got {limit!r}")
+        raise ConfigError(f"recursion_limit must be a positive integer, got {limit!r}")
     if values["max_concurrency"] is not None and values["max_concurrency"] < 1:
-        raise ValueError(f"max_concurrency must be at least 1, got {values['max_concurrency']!r}")
+        raise ConfigError(f"max_concurrency must be at least 1, got {values['max_concurrency']!r}")
     for key in ("timeout", "step_timeout"):
         seconds = values[key]
         if seconds is not None and (
             isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0
         ):
-            raise ValueError(f"{key} must be a positive number of seconds or None, got {seconds!r}")
+            raise ConfigError(f"{key} must be a positive number of seconds or None, got {seconds!r}")
     if values["max_deliveries"] < 1:
-        raise ValueError(f"max_deliveries must be at least 1, got {values['max_deliveries']!r}")
+        raise ConfigError(f"max_deliveries must be at least 1, got {values['max_deliveries']!r}")
     return dataclasses.replace(base, **values)

@@ -101,6 +101,7 @@ class RemoteRun:
         self.state_id = state_id
         self.settings = settings
         self.emit = emit
+        self.resumable = True  # False when the caller deletes the state id after a failure
 
     async def execute(self, topic: str | None, value: Any) -> None:
         finished = announced = False
@@ -116,9 +117,14 @@ class RemoteRun:
         if deadline.cancelled_caught:
             raise RunTimeoutError(
                 f"run {self.state_id!r} did not finish on the workers within "
-                f"timeout={self.settings.timeout}s; its unfinished deliveries stay pending: "
-                "invoke the same state id again to resume"
+                f"timeout={self.settings.timeout}s; {self.left_behind()}"
             )
+
+    def left_behind(self) -> str:
+        """What a run that did not finish leaves, and how to go on from it."""
+        if self.resumable:
+            return "its unfinished deliveries stay pending: invoke the same state id again to resume"
+        return "its state was deleted (no state_id was given): pass config={'state_id': ...} to resume runs"
 
     async def _submit(self, topic: str | None, value: Any) -> str | None:
         """Register, store the input and announce the run; the last log id seen."""

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 
 from ._context import step_context
+from ._errors import ConfigError
 from ._runnable import Config, Runnable
 
 __all__ = ["RunnableRetry", "RunnableTimeout", "retry_waits_disabled", "set_retry_waits"]
@@ -47,18 +48,18 @@ class RunnableRetry(Runnable):
         max_wait: float,
     ) -> None:
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"stop_after_attempt must be an integer of at least 1, got {attempts!r}")
+            raise ConfigError(f"stop_after_attempt must be an integer of at least 1, got {attempts!r}")
         if isinstance(retry_on, type):
             retry_on = (retry_on,)
         if not isinstance(retry_on, tuple) or not all(
             isinstance(kind, type) and issubclass(kind, BaseException) for kind in retry_on
         ):
-            raise TypeError(
+            raise ConfigError(
                 f"retry_if_exception_type must be an exception class or a tuple of them, got {retry_on!r}"
             )
         for label, wait in (("initial_wait", initial_wait), ("max_wait", max_wait)):
             if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
-                raise ValueError(f"{label} must be a number of seconds >= 0, got {wait!r}")
+                raise ConfigError(f"{label} must be a number of seconds >= 0, got {wait!r}")
         self.inner = inner
         self.attempts = attempts
         self.jitter = jitter
@@ -114,7 +115,7 @@ class RunnableTimeout(Runnable):
 
     def __init__(self, inner: Runnable, seconds: float) -> None:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {seconds!r}")
+            raise ConfigError(f"timeout must be a positive number of seconds, got {seconds!r}")
         self.inner = inner
         self.seconds = seconds
 

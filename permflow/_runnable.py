@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._context import step_context
+from ._errors import ConfigError
 from ._execution import Execution, SyncRunner
 from ._portal import run_sync
 
@@ -142,7 +143,7 @@ class RunnableLambda(Runnable):
 
     def __init__(self, func: Callable[[Any], Any], *, execution: Execution = "auto") -> None:
         if not callable(func):
-            raise TypeError(f"expected a callable, got {func!r}")
+            raise ConfigError(f"expected a callable, got {func!r}")
         self.func = func
         self._is_async = _is_async_callable(func)
         self._runner = None if self._is_async else SyncRunner(func, execution)
@@ -162,7 +163,7 @@ class RunnableLambda(Runnable):
         result = await self._runner.run(input, ctx.limiter if ctx else None)
         if inspect.iscoroutine(result):
             result.close()
-            raise TypeError(
+            raise ConfigError(
                 f"step {self.name!r} is a plain function that returned a coroutine; make it "
                 "`async def` and await inside it, so its result is published, not the coroutine"
             )
@@ -322,7 +323,7 @@ def coerce(thing: Any) -> Runnable:
     if callable(thing):
         _refuse_uncalled_topic_method(thing)
         return RunnableLambda(thing)
-    raise TypeError(
+    raise ConfigError(
         f"cannot use {thing!r} (type {type(thing).__name__}) as a step: expected a "
         "function, an async function, a dict of steps or a runnable"
     )

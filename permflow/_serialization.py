@@ -25,7 +25,7 @@ import uuid
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
-from ._errors import PermflowError, SerializationError
+from ._errors import ConfigError, PermflowError, SerializationError
 
 __all__ = [
     "CorruptEntryError",
@@ -192,10 +192,10 @@ def resolve_serializer(spec: str | Serializer) -> Serializer:
     if isinstance(spec, str):
         factory = _BUILTIN.get(spec)
         if factory is None:
-            raise ValueError(f"unknown serializer {spec!r}; use 'json', 'pickle' or a Serializer object")
+            raise ConfigError(f"unknown serializer {spec!r}; use 'json', 'pickle' or a Serializer object")
         return factory()
     if not isinstance(spec, Serializer):
-        raise TypeError(
+        raise ConfigError(
             f"serializer must be 'json', 'pickle' or an object with name, dumps(value, topic) "
             f"and loads(data); got {spec!r}"
         )

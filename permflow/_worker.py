@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._engine import CLEANUP_SECONDS, Capacity, Run, _describe
-from ._errors import ConnectionFailedError
+from ._errors import ConfigError, ConnectionFailedError
 from ._gate import Gate
 from ._outage import Outage
 from ._serialization import CorruptEntryError
@@ -59,7 +59,7 @@ class Worker:
         grace: float = 10.0,
     ) -> None:
         if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {concurrency!r}")
+            raise ConfigError(f"concurrency must be at least 1, got {concurrency!r}")
         self.pubsub = pubsub
         self.connection = pubsub.connection
         self.concurrency = concurrency

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast, final
 from urllib.parse import urlsplit, urlunsplit
 
+from ..._errors import ConfigError
 from ..._serialization import Serializer
 from ._core import SOCKET_TIMEOUT
 from ._runs import RedisRuns
@@ -58,7 +59,7 @@ class RedisPubSubConnection(RedisRuns, RedisWork):
         self._configure(prefix, lease, serializer, ttl, max_stream_length)
         kwargs: dict[str, Any] = cast(Any, client).get_connection_kwargs()
         if kwargs.get("decode_responses"):
-            raise ValueError("the redis client must be made with decode_responses=False (values are bytes)")
+            raise ConfigError("the redis client must be made with decode_responses=False (values are bytes)")
         self._url: str | None = None
         self._options: dict[str, Any] = {}
         self._given: Redis | None = client
@@ -88,7 +89,7 @@ class RedisPubSubConnection(RedisRuns, RedisWork):
         then fails with ``ConnectionFailedError``. A connection the server
         dropped is replaced and the call sent again once, when that is safe."""
         if client_options.get("decode_responses"):
-            raise ValueError("decode_responses must stay False: values are stored as bytes")
+            raise ConfigError("decode_responses must stay False: values are stored as bytes")
         self = cls.__new__(cls)
         self._configure(prefix, lease, serializer, ttl, max_stream_length)
         self._url, self._options, self._given = url, client_options, None

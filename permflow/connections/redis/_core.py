@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from ..._errors import ConfigError
 from ..._message import Message
 from ..._serialization import Serializer, resolve_serializer
 from .._base import PubSubConnection
@@ -72,13 +73,13 @@ class RedisCore(PubSubConnection):
         max_stream_length: int | None,
     ) -> None:
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must be a non-empty string without braces, got {prefix!r}")
+            raise ConfigError(f"prefix must be a non-empty string without braces, got {prefix!r}")
         if not lease > 0:
-            raise ValueError(f"lease must be a positive number of seconds (or math.inf), got {lease!r}")
+            raise ConfigError(f"lease must be a positive number of seconds (or math.inf), got {lease!r}")
         if ttl is not None and not ttl > 0:
-            raise ValueError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
+            raise ConfigError(f"ttl must be a positive number of seconds or None, got {ttl!r}")
         if max_stream_length is not None and max_stream_length < 1:
-            raise ValueError(f"max_stream_length must be at least 1 or None, got {max_stream_length!r}")
+            raise ConfigError(f"max_stream_length must be at least 1 or None, got {max_stream_length!r}")
         self.prefix = prefix
         self.lease = float(lease)
         self.serializer = resolve_serializer(serializer)

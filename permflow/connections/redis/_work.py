@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, cast
 
+from ..._errors import ConfigError
 from ..._message import Message
 from ..._serialization import CorruptEntryError
 from .._base import Claim, Progress
@@ -35,7 +36,7 @@ class RedisWork(RedisCore):
         if after is None:
             return await self.apeek(state_id)
         if not _ENTRY_ID.fullmatch(after):
-            raise ValueError(
+            raise ConfigError(
                 f"after must be a message id of state id {state_id!r} (like '1700000000000-0'), got {after!r}"
             )
         return await self._read_log_from(state_id, "(" + after)
@@ -58,7 +59,7 @@ class RedisWork(RedisCore):
 
     async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
         if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit!r} (worker {worker!r})")
+            raise ConfigError(f"limit must be at least 1, got {limit!r} (worker {worker!r})")
         work = self._work_key()
         lease = 0 if math.isinf(self.lease) else self._lease_ms
         bound = await self._ready()
@@ -114,7 +115,7 @@ class RedisWork(RedisCore):
         try:
             value = json.dumps(record, separators=(",", ":")).encode()
         except (TypeError, ValueError) as exc:
-            raise TypeError(
+            raise ConfigError(
                 f"the failure record of state id {state_id!r} must be JSON-compatible "
                 f"(str, numbers, lists, dicts): {exc}"
             ) from exc
@@ -122,7 +123,7 @@ class RedisWork(RedisCore):
 
     async def progress(self, state_id: str, after: str | None, processes: Sequence[str]) -> Progress:
         if after is not None and not _ENTRY_ID.fullmatch(after):
-            raise ValueError(f"after must be a message id of state id {state_id!r}, got {after!r}")
+            raise ConfigError(f"after must be a message id of state id {state_id!r}, got {after!r}")
         keys, args = self._keys(state_id)
         names = list(dict.fromkeys(processes))
         bound = await self._ready()
