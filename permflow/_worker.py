@@ -37,7 +37,7 @@ __all__ = ["Worker"]
 
 log = logging.getLogger("permflow.worker")
 
-_STOP_POLL_SECONDS = 0.5
+_STOP_POLL_SECONDS = 5.0  # a fallback: stop requests wake the worker at once
 _HAND_BACK_SECONDS = 0.05
 
 
@@ -149,9 +149,15 @@ class Worker:
                 log.debug("worker %s could not renew a lease: %r", self.name, exc)
 
     async def _watch_stops(self) -> None:
-        """Cancel the runs whose client asked to stop (one task for all runs)."""
+        """Cancel the runs whose client asked to stop (one task for all runs):
+        woken by each stop request, and every few seconds in any case."""
+        cursor: object = None
         while True:
-            await anyio.sleep(_STOP_POLL_SECONDS)
+            try:
+                cursor = await self.connection.wait_for_stop_requests(cursor, _STOP_POLL_SECONDS)
+            except Exception as exc:  # the store is away: the claim loop reports the outage
+                log.debug("worker %s could not wait for stop requests: %r", self.name, exc)
+                await anyio.sleep(_STOP_POLL_SECONDS)
             for run, scope in list(self._runs.items()):
                 try:
                     asked = not scope.cancel_called and await self.connection.stop_requested(run.state_id)

@@ -32,7 +32,7 @@ async def _connect(
         yield c
     async for k in raw.scan_iter(match=f"{{{prefix}:*"):
         await raw.delete(k)
-    await raw.delete(f"{{{prefix}}}:work")
+    await raw.delete(f"{{{prefix}}}:work", f"{{{prefix}}}:stops")
 
 
 @pytest.fixture
@@ -272,3 +272,28 @@ async def test_a_run_with_a_missing_key_is_quarantined_and_the_worker_serves_the
     quarantined = [r for r in caplog.records if "quarantined state id broken" in r.getMessage()]
     handed_back = [r for r in caplog.records if "hands back state id broken" in r.getMessage()]
     assert len(quarantined) == 1 and handed_back == []
+
+
+async def test_a_stop_request_wakes_a_waiting_worker_and_refuses_the_runs_commits(
+    conn: RedisPubSubConnection,
+) -> None:
+    """request_stop wakes wait_for_stop_requests at once, and the stopped run's commits are refused."""
+    await conn.register("s", [Subscription("p", "a")])
+    await conn.publish("s", [msg("a", 1)])
+    (delivery,) = await conn.fetch("s", "p", owner="o")
+    cursor = await conn.wait_for_stop_requests(None, 0.01)  # the cursor: nothing asked since
+    with anyio.fail_after(3):  # well under the 5 s the wait below would otherwise last
+        async with anyio.create_task_group() as tg:
+            woke: list[object] = []
+
+            async def watch() -> None:
+                woke.append(await conn.wait_for_stop_requests(cursor, 5))
+
+            tg.start_soon(watch)
+            await anyio.wait_all_tasks_blocked()
+            await conn.request_stop("s")
+    assert woke and woke[0] != cursor
+    assert await conn.commit(delivery, [msg("b", 2)], owner="o") is None
+    assert [m.topic for m in await conn.apeek("s")] == ["a"]
+    await conn.register("s", [Subscription("p", "a")])  # a run starting again clears the stop
+    assert await conn.commit(delivery, [msg("b", 2)], owner="o") is not None

@@ -176,6 +176,46 @@ async def test_breaking_out_stops_the_workers_and_the_run_resumes_with_new_input
     assert log.count(("__out__", "approve deploy?: resumed")) == 1
 
 
+async def test_once_the_stream_is_closed_the_workers_store_nothing_more() -> None:
+    """After close() returns, the worker's steps are cancelled at once and the log never grows."""
+    conn = InMemoryPubSubConnection()
+    release = anyio.Event()
+    started, ended = [0], [0]
+    settled = [anyio.Event()]
+
+    async def square(x: int) -> int:
+        started[0] += 1
+        try:
+            await release.wait()  # held until after the client left
+            return x * x
+        finally:
+            ended[0] += 1
+            if ended[0] == started[0]:
+                settled[0].set()
+
+    pubsub = PubSub(
+        Topic.IN.subscribe() | (lambda n: list(range(n))) | ITEMS.publish_each(),
+        ITEMS.subscribe() | square | DONE.publish(),
+        DONE.join() | sum | Topic.OUT.publish(),
+        connection=conn,
+    )
+    client = pubsub.with_workers()
+    # the fallback poll is 5 s: a stop noticed well within that was pushed
+    with anyio.fail_after(3):
+        async with running(Worker(pubsub, name="w1", concurrency=30)):
+            async with client.astream(30, {"state_id": "fan"}) as stream:
+                async for message in stream:
+                    if message.topic == ITEMS.name:
+                        await anyio.wait_all_tasks_blocked()  # the worker's steps are waiting
+                        break
+            stored = len(await conn.apeek("fan"))
+            release.set()  # steps a late stop left running would now finish and commit
+            await settled[0].wait()
+            assert len(await conn.apeek("fan")) == stored
+    assert started[0] > 0 and ended[0] == started[0]
+    assert [m.topic for m in await conn.apeek("fan")].count(DONE.name) == 0
+
+
 async def test_a_join_over_a_fan_out_on_two_workers_fires_exactly_once() -> None:
     """Fifty messages handled by both of two workers are joined once, with every value."""
     conn = InMemoryPubSubConnection()

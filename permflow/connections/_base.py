@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import NamedTuple
 
+import anyio
+
 from .._message import Delivery, Message
 
 __all__ = ["Claim", "Progress", "PubSubConnection", "Subscription"]
@@ -181,8 +183,17 @@ class PubSubConnection(ABC):
         raise self._no_workers()
 
     async def stop_requested(self, state_id: str) -> bool:
-        """Whether a stop was requested since the last announcement."""
+        """Whether a stop was requested since the last announcement (or the last
+        ``register``). A stopped run's commits are refused."""
         raise self._no_workers()
+
+    async def wait_for_stop_requests(self, after: object, max_seconds: float) -> object:
+        """Return when a stop may have been requested for any state id since the
+        cursor ``after`` (None at first), or after ``max_seconds``; the cursor to
+        pass next time. This default only waits: workers then notice stop
+        requests within ``max_seconds``."""
+        await anyio.sleep(max_seconds)
+        return after
 
     def _no_workers(self) -> NotImplementedError:
         return NotImplementedError(

@@ -84,6 +84,8 @@ class InMemoryPubSubConnection(PubSubConnection):
         self._claim_ids = itertools.count(1)
         self._failed: dict[str, dict[str, object]] = {}
         self._stopping: set[str] = set()
+        self._stops = 0  # stop requests so far: the cursor of wait_for_stop_requests
+        self._stop_waiters: list[tuple[int, anyio.Event]] = []
         self._claim_waiters: list[tuple[int, anyio.Event]] = []
 
     def _state(self, state_id: str) -> _State:
@@ -94,6 +96,7 @@ class InMemoryPubSubConnection(PubSubConnection):
 
     async def register(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
         with self._lock:
+            self._stopping.discard(state_id)  # a run starting here is no longer stopped
             groups = self._state(state_id).groups
             for sub in subscriptions:
                 group = groups.get(sub.process)
@@ -170,8 +173,8 @@ class InMemoryPubSubConnection(PubSubConnection):
     ) -> list[Message] | None:
         with self._lock:
             state = self._states.get(delivery.state_id)
-            if state is None:
-                return None
+            if state is None or delivery.state_id in self._stopping:
+                return None  # a stopped run (its client left) stores nothing more
             group = state.groups.get(delivery.process)
             if group is None:
                 return None
@@ -277,6 +280,19 @@ class InMemoryPubSubConnection(PubSubConnection):
     async def request_stop(self, state_id: str) -> None:
         with self._lock:
             self._stopping.add(state_id)
+            self._stops += 1
+            self._stop_waiters = _wake(self._stop_waiters)
+
+    async def wait_for_stop_requests(self, after: object, max_seconds: float) -> object:
+        event = anyio.Event()
+        with self._lock:
+            if after is not None and after != self._stops:
+                return self._stops
+            self._stop_waiters.append((threading.get_ident(), event))
+        with anyio.move_on_after(min(max_seconds, _CROSS_THREAD_POLL)):
+            await event.wait()
+        with self._lock:
+            return self._stops
 
     async def stop_requested(self, state_id: str) -> bool:
         with self._lock:

@@ -42,7 +42,7 @@ class RedisRuns(RedisCore):
         bound = await self._ready()
         self._learn_readers(state_id, subscriptions)
         with self._failures(f"registering processes of state id {state_id!r}"):
-            conflict = await bound.run("REGISTER", keys, args)
+            conflict = await bound.run("REGISTER", [*keys, f"{args[0]}:stop"], args)
         if conflict:
             process, known = codec.text(conflict[0]), codec.text(conflict[1])
             raise DefinitionError(
@@ -159,7 +159,7 @@ class RedisRuns(RedisCore):
         args += (self._lease_ms, lua.RELEASED, len(follow), *follow)
         bound = await self._ready()
         with self._failures(f"committing for process {delivery.process!r} of state id {state_id!r}"):
-            reply = await bound.run("COMMIT", keys, args)
+            reply = await bound.run("COMMIT", [*keys, f"{args[0]}:stop"], args)
         if reply is None:
             return None
         for k, process in enumerate(follow):

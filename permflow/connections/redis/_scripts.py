@@ -54,6 +54,8 @@ RELEASED = "permflow:released"
 REGISTER = (
     PRELUDE
     + """
+-- KEYS[6]: the stop mark. A run starting here is no longer stopped.
+redis.call('DEL', KEYS[6])
 local names = {}
 for i = 5, #ARGV, 2 do names[#names + 1] = ARGV[i] end
 local known = {}
@@ -129,11 +131,6 @@ return ids
 """
 )
 
-# ARGV[5..]: process, topic, owner, first id, last id, n, ids..., then messages,
-# then lease_ms, released consumer, k, k reader processes. Returns false if owner
-# lost the delivery, else {log ids of the stored messages, then per reader its
-# fetch reply (mode, topic, packed)}: the readers of what was just stored are
-# fetched for owner in the same round trip, as its next fetch would.
 _COMMIT_LIB = """
 local function commit(again)
   local process, topic, owner = ARGV[5], ARGV[6], ARGV[7]
@@ -141,6 +138,8 @@ local function commit(again)
   local stream = tkey(topic)
   local j = 12 + n + 5 * tonumber(ARGV[11 + n])
   local lease, released, last = tonumber(ARGV[j]), ARGV[j + 1], j + 2 + tonumber(ARGV[j + 2])
+  -- KEYS[6]: the stop mark. A stopped run (its client left) stores nothing more.
+  if redis.call('EXISTS', KEYS[6]) == 1 then return false end
   local held = redis.pcall('XPENDING', stream, process, ARGV[8], ARGV[9], ALL, owner)
   local mine, ids, ok = {}, {}, not held.err
   if ok then
@@ -180,11 +179,12 @@ local function commit(again)
 end
 """
 
-# ARGV[5..]: process, topic, owner, first id, last id, n, ids..., then messages,
-# then lease_ms, released consumer, k, k reader processes. Returns false if owner
-# lost the delivery, else {log ids of the stored messages, then per reader its
-# fetch reply (mode, topic, packed)}: the readers of what was just stored are
-# fetched for owner in the same round trip, as its next fetch would.
+# KEYS[6]: the stop mark. ARGV[5..]: process, topic, owner, first id, last id, n,
+# ids..., then messages, then lease_ms, released consumer, k, k reader processes.
+# Returns false if owner lost the delivery or the run was stopped, else {log ids
+# of the stored messages, then per reader its fetch reply (mode, topic, packed)}:
+# the readers of what was just stored are fetched for owner in the same round
+# trip, as its next fetch would.
 COMMIT = PRELUDE + STORE_LIB + FETCH_LIB + _COMMIT_LIB + "return commit(false)"
 
 # COMMIT sent again after its reply was lost (same arguments, same reply).

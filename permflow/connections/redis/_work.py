@@ -154,8 +154,23 @@ class RedisWork(RedisCore):
             )
         return record
 
+    def _stops_key(self) -> str:
+        return f"{{{self.prefix}}}:stops"
+
     async def request_stop(self, state_id: str) -> None:
-        await self._mark(state_id, "stop", b"1", f"asking the workers to stop state id {state_id!r}")
+        doing = f"asking the workers to stop state id {state_id!r}"
+        await self._mark(state_id, "stop", b"1", doing)  # from now on its commits are refused
+        bound = await self._ready()
+        with self._failures(doing):  # and the workers wake at once
+            await bound.client.xadd(self._stops_key(), {"s": state_id}, maxlen=100, approximate=True)
+
+    async def wait_for_stop_requests(self, after: object, max_seconds: float) -> object:
+        since = after if isinstance(after, bytes) else b"0-0"
+        bound = await self._ready()
+        with self._failures("waiting for stop requests"):
+            reply = await bound.client.xread({self._stops_key(): since}, block=self._block_ms(max_seconds))
+        entries = [entry for _, batch in codec.streams(reply) for entry in batch]
+        return entries[-1][0] if entries else since
 
     async def stop_requested(self, state_id: str) -> bool:
         bound = await self._ready()
