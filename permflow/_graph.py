@@ -32,6 +32,7 @@ class Graph:
 
     @classmethod
     def of(cls, processes: Sequence[Process], names: Sequence[str]) -> Graph:
+        """The graph of ``processes`` under their final ``names`` (as ``PubSub.graph()``)."""
         reads = {name: p.topic.name for name, p in zip(names, processes, strict=True)}
         joins = frozenset(name for name, p in zip(names, processes, strict=True) if p.is_join)
         writes = {
@@ -44,6 +45,7 @@ class Graph:
 
     @property
     def topics(self) -> list[str]:
+        """Every topic read or written, in the order first seen (``"?"`` excluded)."""
         seen = dict.fromkeys(self.reads.values())
         for targets in self.writes.values():
             seen.update(dict.fromkeys(t for t in targets if t != DYNAMIC))
@@ -70,6 +72,7 @@ class Graph:
         return cycles
 
     def processes_on_cycles(self) -> set[str]:
+        """The processes that lie on some cycle."""
         on: set[str] = set()
         for process in self.reads:
             if self._reaches(process, process):

@@ -260,6 +260,10 @@ class PubSub(Runnable):
     def invoke(
         self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
     ) -> list[Any]:
+        """Sync twin of ``ainvoke``: publish ``input`` to ``Topic.IN`` (or ``topic``),
+        run until idle, return the values published to ``Topic.OUT`` meanwhile.
+        Works from threads, from a running event loop and from within a step."""
+
         async def go() -> list[Any]:
             return await self.ainvoke(input, config, topic=topic)
 
@@ -272,6 +276,9 @@ class PubSub(Runnable):
         *,
         max_concurrency: int | None = None,
     ) -> list[Any]:
+        """Sync twin of ``abatch``: independent runs, concurrently, results in
+        input order; the first failure cancels the others and is raised."""
+
         async def go() -> list[Any]:
             return await self.abatch(inputs, config, max_concurrency=max_concurrency)
 
@@ -283,6 +290,7 @@ class PubSub(Runnable):
         return run_sync(self.apeek, state_id)
 
     def delete(self, state_id: str) -> None:
+        """Sync twin of ``adelete``: forget the stored state of ``state_id``."""
         run_sync(self.adelete, state_id)
 
     def stream(
