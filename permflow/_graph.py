@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from ._process import Process
 
-__all__ = ["Graph"]
+__all__ = ["DYNAMIC", "Edge", "Graph"]
 
 DYNAMIC = "?"
 _MAX_CYCLES = 100
@@ -35,6 +35,7 @@ class Graph:
 
     @classmethod
     def of(cls, processes: Sequence[Process], names: Sequence[str]) -> Graph:
+        """The graph of ``processes`` under their final ``names`` (as ``PubSub.graph()``)."""
         reads = {name: p.topic.name for name, p in zip(names, processes, strict=True)}
         joins = frozenset(name for name, p in zip(names, processes, strict=True) if p.is_join)
         writes = {
@@ -47,6 +48,7 @@ class Graph:
 
     @property
     def topics(self) -> list[str]:
+        """Every topic read or written, in the order first seen (``"?"`` excluded)."""
         seen = dict.fromkeys(self.reads.values())
         for targets in self.writes.values():
             seen.update(dict.fromkeys(t for t in targets if t != DYNAMIC))
@@ -73,6 +75,7 @@ class Graph:
         return cycles
 
     def processes_on_cycles(self) -> set[str]:
+        """The processes that lie on some cycle."""
         on: set[str] = set()
         for process in self.reads:
             if self._reaches(process, process):
@@ -101,33 +104,96 @@ class Graph:
             if read == topic
         )
 
-    def to_mermaid(self) -> str:
-        """Mermaid flowchart text: topics as stadiums, processes as boxes,
-        edges that lie on a cycle drawn thick (``==>``)."""
+    def _edges(self) -> list[Edge]:
+        """Every arrow of the drawing, between node ids: ``t<i>`` topics (in
+        ``topics`` order), ``p<i>`` processes, ``dyn<i>`` the run-time choice of
+        process ``i``'s undeclared route."""
         on_cycle = self.processes_on_cycles()
         topic_ids = {t: f"t{i}" for i, t in enumerate(self.topics)}
         writers: dict[str, list[str]] = {}
         for process, targets in self.writes.items():
             for target in targets:
                 writers.setdefault(target, []).append(process)
-        lines = ["flowchart LR"]
-        for topic, tid in topic_ids.items():
-            lines.append(f'  {tid}(["{_escape(topic)}"])')
+        edges: list[Edge] = []
         for i, process in enumerate(self.reads):
             pid, topic = f"p{i}", self.reads[process]
-            lines.append(f'  {pid}["{_escape(process)}"]')
             looped = any(self._edge_on_cycle(w, topic, on_cycle) for w in writers.get(topic, ()))
-            arrow = "==>" if looped and process in on_cycle else "-->"
-            label = "|join|" if process in self.joins else ""
-            lines.append(f"  {topic_ids[topic]} {arrow}{label} {pid}")
+            edges.append(Edge(topic_ids[topic], pid, looped and process in on_cycle, process in self.joins))
             for target in self.writes[process]:
                 if target == DYNAMIC:
-                    lines.append(f'  {pid} -.-> dyn{i}(["? (route)"])')
+                    edges.append(Edge(pid, f"dyn{i}", dynamic=True))
                 else:
-                    arrow = "==>" if self._edge_on_cycle(process, target, on_cycle) else "-->"
-                    lines.append(f"  {pid} {arrow} {topic_ids[target]}")
+                    thick = self._edge_on_cycle(process, target, on_cycle)
+                    edges.append(Edge(pid, topic_ids[target], thick))
+        return edges
+
+    def to_mermaid(self) -> str:
+        """Mermaid flowchart text: topics as stadiums, processes as boxes,
+        edges that lie on a cycle drawn thick (``==>``), a join's edge
+        labelled ``join``. Labels are escaped with Mermaid's entity codes, so
+        any name (quotes, ``<lambda>``, ``#``, ``|``, brackets) draws as is."""
+        lines = ["flowchart LR"]
+        for i, topic in enumerate(self.topics):
+            lines.append(f'  t{i}(["{_escape(topic)}"])')
+        for i, process in enumerate(self.reads):
+            lines.append(f'  p{i}["{_escape(process)}"]')
+            if DYNAMIC in self.writes[process]:
+                lines.append(f'  dyn{i}(["? (route)"])')
+        for edge in self._edges():
+            arrow = "-.->" if edge.dynamic else "==>" if edge.on_cycle else "-->"
+            label = "|join|" if edge.join else ""
+            lines.append(f"  {edge.source} {arrow}{label} {edge.target}")
         return "\n".join(lines)
+
+    def _repr_mimebundle_(
+        self, include: Collection[str] | None = None, exclude: Collection[str] | None = None
+    ) -> dict[str, str]:
+        """How Jupyter shows a graph: Mermaid text (JupyterLab 4.1+ draws it), an
+        inline SVG drawn here (works offline), and Markdown with a Mermaid fence."""
+        from ._svg import to_svg
+
+        mermaid = self.to_mermaid()
+        bundle = {
+            "text/vnd.mermaid": mermaid,
+            "text/html": to_svg(self),
+            "text/markdown": f"```mermaid\n{mermaid}\n```",
+        }
+        return {
+            kind: text
+            for kind, text in bundle.items()
+            if (include is None or kind in include) and (exclude is None or kind not in exclude)
+        }
+
+
+class Edge(NamedTuple):
+    """An arrow of the drawing: a process reading a topic, or writing one."""
+
+    source: str
+    target: str
+    on_cycle: bool = False
+    join: bool = False
+    #: To the topic an undeclared ``route`` picks at run time.
+    dynamic: bool = False
+
+
+#: Characters a quoted Mermaid label cannot hold as they are, as Mermaid entity
+#: codes (``#name;`` or ``#<code point>;``). ``#`` because Mermaid reads any
+#: ``#word;`` as an entity; ``<``, ``>`` and ``&`` because labels are HTML;
+#: ``:`` so that no label line looks like a ``style``/``classDef`` rule; a
+#: backtick because ``"`...`"`` is a Markdown label. ``|``, brackets and braces
+#: are plain text inside quotes.
+_MERMAID_CODES = {
+    '"': "#quot;",
+    "#": "#35;",
+    "&": "#amp;",
+    "<": "#lt;",
+    ">": "#gt;",
+    ":": "#58;",
+    "`": "#96;",
+}
 
 
 def _escape(text: str) -> str:
-    return text.replace('"', "#quot;")
+    """``text`` as the inside of a quoted Mermaid label (control characters,
+    line breaks included, become entity codes too)."""
+    return "".join(_MERMAID_CODES.get(c) or (f"#{ord(c)};" if c < " " or c == "\x7f" else c) for c in text)

@@ -37,14 +37,18 @@ class Process(Runnable):
 
     @property
     def topic(self) -> Topic:
+        """The topic this chain reads."""
         return self.head.topic
 
     @property
     def is_join(self) -> bool:
+        """Whether the chain starts with ``topic.join()`` (runs at idle, with a list)."""
         return self.head.join
 
     @property
     def has_explicit_name(self) -> bool:
+        """Whether the name was given (``subscribe(name=...)``, ``with_name``)
+        rather than derived from the steps."""
         return self._name is not None
 
     @property
@@ -83,6 +87,7 @@ class Process(Runnable):
         )
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        """Run the chain's steps on ``input`` (outside a run its publishes do nothing)."""
         return await self._body.ainvoke(input, config)
 
     def with_retry(self, **kwargs: Any) -> Process:  # type: ignore[override]

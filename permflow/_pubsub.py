@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import copy
 import dataclasses
 import logging
 import os
-import queue
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, final
 
 import anyio
@@ -18,10 +15,10 @@ import anyio
 from ._context import RUN_KEY
 from ._engine import CLEANUP_SECONDS, Run, Settings, Tracer
 from ._errors import ConfigError, DefinitionError, PermflowWarning
-from ._graph import Graph
-from ._message import Message
+from ._graph import DYNAMIC, Graph
+from ._message import Message, MessageList
 from ._plan import Plan
-from ._portal import portal, run_sync
+from ._portal import run_sync
 from ._process import Process
 from ._remote import RemoteRun
 from ._runnable import Config, Runnable
@@ -195,8 +192,11 @@ class PubSub(Runnable):
         pubsub.astream(...) as stream`` makes the stop happen right there
         rather than when the iterator is collected.
         """
-        state_id, generated, settings, name = self._prepare(config, topic)
+        return self._astream(input, *self._prepare(config, topic))
 
+    def _astream(
+        self, input: Any, state_id: str, generated: bool, settings: Settings, name: str
+    ) -> MessageStream:
         async def run(emit: Callable[[Message], None]) -> None:
             engine = self._run(state_id, settings, emit)
             await engine.execute(None if input is None else name, input)
@@ -205,7 +205,7 @@ class PubSub(Runnable):
             if generated:
                 await self.connection.adelete(state_id)
 
-        return MessageStream(run, finish)
+        return MessageStream(run, finish, state_id=state_id)
 
     async def abatch(
         self,
@@ -262,8 +262,10 @@ class PubSub(Runnable):
             _log.warning("could not delete the state of failed run %r in time", state_id)
 
     async def apeek(self, state_id: str) -> list[Message]:
-        """The stored messages of ``state_id`` in publish order."""
-        return await self.connection.apeek(state_id)
+        """The stored messages of ``state_id`` in publish order (a list that
+        Jupyter draws as a table)."""
+        messages = await self.connection.apeek(state_id)
+        return messages if isinstance(messages, MessageList) else MessageList(messages)
 
     async def adelete(self, state_id: str) -> None:
         """Forget the stored state of ``state_id``."""
@@ -274,6 +276,10 @@ class PubSub(Runnable):
     def invoke(
         self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
     ) -> list[Any]:
+        """Sync twin of ``ainvoke``: publish ``input`` to ``Topic.IN`` (or ``topic``),
+        run until idle, return the values published to ``Topic.OUT`` meanwhile.
+        Works from threads, from a running event loop and from within a step."""
+
         async def go() -> list[Any]:
             return await self.ainvoke(input, config, topic=topic)
 
@@ -290,6 +296,9 @@ class PubSub(Runnable):
         *,
         max_concurrency: int | None = None,
     ) -> list[Any]:
+        """Sync twin of ``abatch``: independent runs, concurrently, results in
+        input order; the first failure cancels the others and is raised."""
+
         async def go() -> list[Any]:
             return await self.abatch(inputs, config, max_concurrency=max_concurrency)
 
@@ -300,53 +309,37 @@ class PubSub(Runnable):
             raise
 
     def peek(self, state_id: str) -> list[Message]:
+        """Sync twin of ``apeek``: the stored messages of ``state_id`` in publish
+        order (a list that Jupyter draws as a table)."""
         return run_sync(self.apeek, state_id)
 
     def delete(self, state_id: str) -> None:
+        """Sync twin of ``adelete``: forget the stored state of ``state_id``."""
         run_sync(self.adelete, state_id)
 
     def stream(
         self, input: Any = None, config: Config = None, *, topic: Topic | str | None = None
     ) -> SyncMessageStream:
-        """Sync twin of ``astream``. Leaving early stops the run: right away with
+        """Sync twin of ``astream``: yield every message as it is published, ending
+        when the run is idle. Leaving early stops the run: right away with
         ``with pubsub.stream(...) as messages:`` or ``.close()``, else once the
-        iterator is dropped."""
-        return SyncMessageStream(self._stream(input, config, topic))
+        iterator is dropped. A bad ``config`` fails here, not at the first message."""
+        prepared = self._prepare(config, topic)
+        return SyncMessageStream(lambda: self._astream(input, *prepared), state_id=prepared[0])
 
-    def _stream(self, input: Any, config: Config, topic: Topic | str | None) -> Iterator[Message]:
-        inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        scopes: list[anyio.CancelScope] = []
-
-        async def pump() -> None:
-            with anyio.CancelScope() as scope:
-                scopes.append(scope)
-                try:
-                    async with self.astream(input, config, topic=topic) as messages:
-                        async for message in messages:
-                            inbox.put(("message", message))
-                except Exception as exc:
-                    inbox.put(("error", exc))
-                    return
-            inbox.put(("end", None))
-
-        with portal() as p:
-            future = p.start_task_soon(pump)
-            try:
-                while True:
-                    kind, item = inbox.get()
-                    if kind == "message":
-                        yield item
-                    elif kind == "error":
-                        trim_traceback(item)
-                        raise item
-                    else:
-                        return
-            finally:
-                if not future.done():
-                    p.call(scopes[0].cancel)
-                    # the run was cancelled on purpose; its outcome no longer matters
-                    with contextlib.suppress(concurrent.futures.CancelledError, Exception):
-                        future.result()
+    def __repr__(self) -> str:
+        graph = self.graph()
+        where = f"on {self.connection!r}" + (", runs on workers" if self._on_workers else "")
+        if not graph.reads:
+            return f"<PubSub {where}, no processes>"
+        lines = [f"<PubSub {where}, {len(graph.reads)} process{'es' if len(graph.reads) > 1 else ''}:"]
+        for process, topic in graph.reads.items():
+            reads = "joins" if process in graph.joins else "reads"
+            targets = [
+                repr(t) if t != DYNAMIC else "a topic picked at run time" for t in graph.writes[process]
+            ]
+            lines.append(f"  {process!r} {reads} {topic!r}, writes {', '.join(targets) or 'nothing'}")
+        return "\n".join(lines) + ">"
 
 
 def _topic_names(inputs: Sequence[Topic | str]) -> tuple[str, ...]:

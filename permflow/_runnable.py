@@ -45,12 +45,19 @@ class Runnable:
 
     @property
     def name(self) -> str:
+        """A readable name; a process's derived name is made of its steps' names."""
         return type(self).__name__
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        """Run on ``input`` and return the output: the one method a runnable
+        implements, which every other entry point drives. Inside a run,
+        ``config`` carries the run's context (publishing steps need it);
+        outside one it is ``None`` and publishing is a no-op."""
         raise NotImplementedError
 
     def invoke(self, input: Any, config: Config = None) -> Any:
+        """Sync twin of ``ainvoke``, run on permflow's background event loop (works
+        from threads, from a running event loop and from within a step)."""
         return run_sync(self.ainvoke, input, config)
 
     async def abatch(
@@ -75,15 +82,20 @@ class Runnable:
     def batch(
         self, inputs: Sequence[Any], config: Config = None, *, max_concurrency: int | None = None
     ) -> list[Any]:
+        """Sync twin of ``abatch``: ``ainvoke`` on each input concurrently, at most
+        ``max_concurrency`` at once; results in input order."""
+
         async def go() -> list[Any]:
             return await self.abatch(inputs, config, max_concurrency=max_concurrency)
 
         return run_sync(go)
 
     async def astream(self, input: Any, config: Config = None) -> AsyncIterator[Any]:
+        """Yield the output of ``ainvoke`` (one item: a step's output is not incremental)."""
         yield await self.ainvoke(input, config)
 
     def stream(self, input: Any, config: Config = None) -> Iterator[Any]:
+        """Sync twin of ``astream``: yield the output of ``invoke``."""
         yield self.invoke(input, config)
 
     def __or__(self, other: Any) -> Runnable:
@@ -150,6 +162,8 @@ class RunnableLambda(Runnable):
 
     @property
     def name(self) -> str:
+        """The function's qualified name; a lambda's gets ``#`` and a digest of
+        its code, so that different lambdas give different process names."""
         name = getattr(self.func, "__qualname__", None) or type(self.func).__name__
         code = getattr(self.func, "__code__", None)
         if name.endswith("<lambda>") and code is not None:
@@ -157,6 +171,9 @@ class RunnableLambda(Runnable):
         return str(name)
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        """Await an async function; run a sync one as ``execution`` says (a worker
+        thread or inline). Raises ``TypeError`` if a plain function returns a
+        coroutine (it should be ``async def``)."""
         if self._runner is None:
             return await self.func(input)
         ctx = step_context(config)
@@ -184,9 +201,11 @@ class RunnableSequence(Runnable):
 
     @property
     def name(self) -> str:
+        """The steps' names joined by ``/``."""
         return "/".join(step.name for step in self.steps)
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        """Run the steps in order, each on the previous one's output."""
         for step in self.steps:
             input = await step.ainvoke(input, config)
         return input
@@ -204,9 +223,12 @@ class RunnableParallel(Runnable):
 
     @property
     def name(self) -> str:
+        """The keys in braces, e.g. ``{word,n}``."""
         return "{" + ",".join(self.steps) + "}"
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        """Run every step on ``input`` concurrently; a dict of their outputs under
+        the same keys. The first step to fail cancels the others."""
         out: dict[str, Any] = {}
 
         async def one(key: str, step: Runnable) -> None:
@@ -230,9 +252,12 @@ class RunnableEach(Runnable):
 
     @property
     def name(self) -> str:
+        """``map(<name of the inner runnable>)``."""
         return f"map({self.inner.name})"
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
+        """Run the inner runnable on each element of ``input`` concurrently; the
+        outputs as a list, in order. The first to fail cancels the others."""
         items = list(input)
         out: list[Any] = [None] * len(items)
 

@@ -10,23 +10,30 @@ lifetime this iterator controls, and no cancel scope spans a ``yield``:
 * an iterator dropped after ``break`` cancels the run as it is collected.
 
 The run's own tasks still live in one task group inside the helper task.
+
+``SyncMessageStream`` (what ``PubSub.stream`` returns) runs such a stream on
+permflow's background loop and hands its messages over through a queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import math
+import queue
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
-from typing import final
+from typing import Any, final
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._message import Message
+from ._portal import portal
+from ._tracebacks import trim_traceback
 
 __all__ = ["MessageStream", "SyncMessageStream"]
 
@@ -85,12 +92,17 @@ class MessageStream:
         self,
         run: Callable[[Callable[[Message], None]], Awaitable[None]],
         finish: Callable[[], Awaitable[None]],
+        *,
+        state_id: str,
     ) -> None:
         self._run = run
         self._finish = finish
         self._send, self._receive = anyio.create_memory_object_stream[Message](math.inf)
         self._helper: _Helper | None = None
         self._thread = threading.get_ident()
+        self._state_id = state_id
+        self._read = 0
+        self._status = "not started"
 
     def __aiter__(self) -> MessageStream:
         return self
@@ -98,11 +110,16 @@ class MessageStream:
     async def __anext__(self) -> Message:
         if self._helper is None:
             self._helper = _Helper(self._run, self._send)
+            self._status = "running"
         with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
-            return await self._receive.receive()
+            message = await self._receive.receive()
+            self._read += 1
+            return message
         await self.aclose()
         if self._helper.failure is not None:
+            self._status = f"failed: {type(self._helper.failure).__name__}"
             raise self._helper.failure
+        self._status = "finished"
         await self._finish()
         raise StopAsyncIteration
 
@@ -111,6 +128,8 @@ class MessageStream:
         self._receive.close()
         self._send.close()
         helper = self._helper
+        if self._status in ("not started", "running"):
+            self._status = "stopped"
         if helper is not None:
             helper.scope.cancel()
             with anyio.CancelScope(shield=True):
@@ -126,6 +145,9 @@ class MessageStream:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    def __repr__(self) -> str:
+        return _describe(self._state_id, self._status, self._read)
 
     def __del__(self) -> None:
         self._receive.close()
@@ -144,20 +166,35 @@ class SyncMessageStream:
     """What ``PubSub.stream`` returns: an iterator that is also a context
     manager. ``close()`` (or leaving ``with``) stops the run right away."""
 
-    def __init__(self, messages: Iterator[Message]) -> None:
-        self._messages = messages
+    def __init__(self, open: Callable[[], MessageStream], *, state_id: str) -> None:
+        self._messages = _pump(open)
+        self._state_id = state_id
+        self._status = "not started"
+        self._read = 0
 
     def __iter__(self) -> SyncMessageStream:
         return self
 
     def __next__(self) -> Message:
-        return next(self._messages)
+        if self._status == "not started":
+            self._status = "running"
+        try:
+            message = next(self._messages)
+        except StopIteration:
+            if self._status == "running":
+                self._status = "finished"
+            raise
+        except Exception as exc:
+            self._status = f"failed: {type(exc).__name__}"
+            raise
+        self._read += 1
+        return message
 
     def close(self) -> None:
         """Stop the run (if still going) and wait until it has stopped."""
-        close = getattr(self._messages, "close", None)
-        if close is not None:
-            close()
+        if self._status in ("not started", "running"):
+            self._status = "stopped"
+        self._messages.close()
 
     def __enter__(self) -> SyncMessageStream:
         return self
@@ -169,3 +206,51 @@ class SyncMessageStream:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def __repr__(self) -> str:
+        return _describe(self._state_id, self._status, self._read)
+
+
+def _describe(state_id: str, status: str, read: int) -> str:
+    """What a stream is: its state id, and whether the consumer has started it,
+    is reading it, has read it to the end, stopped it early, or saw it fail."""
+    messages = f"{read} message{'' if read == 1 else 's'} read"
+    return f"<permflow stream of state id {state_id!r} ({status}, {messages})>"
+
+
+def _pump(open: Callable[[], MessageStream]) -> Generator[Message, None, None]:
+    """The messages of ``open()``, a stream run on permflow's background loop;
+    closing this generator stops that run and waits for it."""
+    inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    scopes: list[anyio.CancelScope] = []
+
+    async def pump() -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            try:
+                async with open() as messages:
+                    async for message in messages:
+                        inbox.put(("message", message))
+            except Exception as exc:
+                inbox.put(("error", exc))
+                return
+        inbox.put(("end", None))
+
+    with portal() as p:
+        future = p.start_task_soon(pump)
+        try:
+            while True:
+                kind, item = inbox.get()
+                if kind == "message":
+                    yield item
+                elif kind == "error":
+                    trim_traceback(item)
+                    raise item
+                else:
+                    return
+        finally:
+            if not future.done():
+                p.call(scopes[0].cancel)
+                # the run was cancelled on purpose; its outcome no longer matters
+                with contextlib.suppress(concurrent.futures.CancelledError, Exception):
+                    future.result()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,3 +52,19 @@ async def wakes_a_waiter(
             await anyio.wait_all_tasks_blocked()
             await action()
             await woke.wait()
+
+
+def mermaid_labels(mermaid: str) -> list[tuple[str, str]]:
+    """Each quoted label of a Mermaid drawing as (HTML Mermaid makes of it, text a
+    browser shows), following Mermaid's ``encodeEntities``/``decodeEntities``:
+    ``#35;`` becomes ``&#35;``, ``#lt;`` becomes ``&lt;``; lines naming
+    ``style``/``classDef`` with a colour lose their last ``;``."""
+    text = re.sub(r"style.*:\S*#.*;", lambda m: m.group()[:-1], mermaid)
+    text = re.sub(r"classDef.*:\S*#.*;", lambda m: m.group()[:-1], text)
+
+    def entity(match: re.Match[str]) -> str:
+        code = match.group(1)
+        return f"&#{code.lstrip('+')};" if re.fullmatch(r"\+?[0-9]+", code) else f"&{code};"
+
+    text = re.sub(r"#([A-Za-z0-9_]+);", entity, text)
+    return [(label, html.unescape(label)) for label in re.findall(r'\["(.*?)"\]', text)]

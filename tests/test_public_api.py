@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import subprocess
 import sys
 import types
+from abc import ABCMeta
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,36 @@ def test_import_does_not_pull_optional_dependencies() -> None:
 def test_package_is_typed() -> None:
     """The package ships a py.typed marker."""
     assert (Path(permflow.__file__).parent / "py.typed").is_file()
+
+
+def _undocumented() -> list[str]:
+    """Public names of ``permflow.__all__`` (its functions, classes, and their methods and
+    properties defined in permflow) that lack a docstring of their own. An implementation
+    of a method of an abstract base (the connection protocol) inherits that method's
+    documented contract."""
+    missing = []
+    for name in permflow.__all__:
+        obj = getattr(permflow, name)
+        if (inspect.isfunction(obj) or inspect.isclass(obj)) and not (obj.__doc__ or "").strip():
+            missing.append(name)
+        if not inspect.isclass(obj):
+            continue
+        for attr in dir(obj):
+            owner = next((k for k in obj.__mro__ if attr in vars(k)), None)
+            if attr.startswith("_") or owner is None or not owner.__module__.startswith("permflow"):
+                continue
+            value = vars(owner)[attr]
+            value = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+            if not (callable(value) or isinstance(value, property)) or (value.__doc__ or "").strip():
+                continue
+            overridden = [
+                vars(k)[attr] for k in owner.__mro__[1:] if attr in vars(k) and isinstance(k, ABCMeta)
+            ]
+            if not any((base.__doc__ or "").strip() for base in overridden):
+                missing.append(f"{name}.{attr} (defined in {owner.__qualname__})")
+    return sorted(set(missing))
+
+
+def test_every_public_callable_has_a_docstring() -> None:
+    """Every public class, function, method and property reachable from ``permflow.__all__`` is documented."""
+    assert _undocumented() == []

@@ -336,3 +336,9 @@ def test_run_sync_of_a_coroutine_ending_cancelled_returns() -> None:
 
     with pytest.raises((asyncio.CancelledError, concurrent.futures.CancelledError)):
         run_sync(cancelled)
+
+
+def test_stream_checks_its_config_when_called() -> None:
+    """stream() refuses a bad config at once, like astream(), not at the first message."""
+    with pytest.raises(ValueError, match="unknown config keys"):
+        _doubler().stream(1, {"stateid": "typo"})

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import anyio
 
-from .._message import Delivery, Message
+from .._message import Delivery, Message, MessageList
 
 __all__ = ["Claim", "Progress", "PubSubConnection", "Subscription"]
 
@@ -202,10 +202,12 @@ class PubSubConnection(ABC):
         )
 
     def peek(self, state_id: str) -> list[Message]:
-        """Sync twin of ``apeek`` (runs on permflow's background loop)."""
+        """Sync twin of ``apeek`` (runs on permflow's background loop). The list
+        is drawn as a table in Jupyter."""
         from .._portal import run_sync
 
-        return run_sync(self.apeek, state_id)
+        messages = run_sync(self.apeek, state_id)
+        return messages if isinstance(messages, MessageList) else MessageList(messages)
 
     def delete(self, state_id: str) -> None:
         """Sync twin of ``adelete``."""

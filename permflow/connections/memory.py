@@ -12,7 +12,7 @@ from typing import final
 import anyio
 
 from .._errors import DefinitionError
-from .._message import Delivery, Message
+from .._message import Delivery, Message, MessageList
 from ._base import Claim, PubSubConnection, Subscription
 
 __all__ = ["InMemoryPubSubConnection"]
@@ -216,7 +216,7 @@ class InMemoryPubSubConnection(PubSubConnection):
     async def apeek(self, state_id: str) -> list[Message]:
         with self._lock:
             state = self._states.get(state_id)
-            return list(state.log) if state else []
+            return MessageList(state.log if state else ())
 
     async def wait_for_change(self, state_id: str, max_seconds: float) -> None:
         event = anyio.Event()
@@ -297,6 +297,10 @@ class InMemoryPubSubConnection(PubSubConnection):
     async def stop_requested(self, state_id: str) -> bool:
         with self._lock:
             return state_id in self._stopping
+
+    def __repr__(self) -> str:
+        count = len(self._states)
+        return f"<InMemoryPubSubConnection: {count} state id{'' if count == 1 else 's'} kept>"
 
     def state_ids(self) -> list[str]:
         """State ids currently kept (for inspection and retention tests)."""

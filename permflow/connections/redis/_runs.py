@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from typing import Any, NoReturn
 
 from ..._errors import DefinitionError
-from ..._message import Delivery, Message
+from ..._message import Delivery, Message, MessageList
 from ..._serialization import CorruptEntryError
 from .._base import Subscription
 from . import _codec as codec
@@ -231,7 +231,7 @@ class RedisRuns(RedisCore):
         }
 
     async def apeek(self, state_id: str) -> list[Message]:
-        return await self._read_log_from(state_id, "-")
+        return MessageList(await self._read_log_from(state_id, "-"))
 
     async def wait_for_change(self, state_id: str, max_seconds: float) -> None:
         if max_seconds <= 0:
