@@ -18,6 +18,7 @@ from ._graph import Graph
 from ._message import Delivery, Message
 from ._process import Process
 from ._pubsub import PubSub
+from ._remote import NoWorkersError, WorkerRunError
 from ._runnable import Runnable, RunnableEach, RunnableLambda, RunnableParallel, RunnableSequence
 from ._topic import Topic, route
 from .connections import InMemoryPubSubConnection, PubSubConnection, RedisPubSubConnection, Subscription
@@ -38,6 +39,7 @@ __all__ = [
     "Graph",
     "InMemoryPubSubConnection",
     "Message",
+    "NoWorkersError",
     "PermflowError",
     "PermflowWarning",
     "PoisonMessageError",
@@ -54,5 +56,6 @@ __all__ = [
     "SerializationError",
     "Subscription",
     "Topic",
+    "WorkerRunError",
     "route",
 ]

@@ -9,6 +9,8 @@ Every error permflow raises on its own account derives from one root::
      ├── SerializationError   (also TypeError)    a value cannot be stored by the connection
      ├── PoisonMessageError                        a delivery kept failing; it was dead-lettered
      ├── RunTimeoutError      (also TimeoutError)  a run passed its ``timeout``
+     ├── NoWorkersError                            no worker was alive to take a run (_remote)
+     ├── WorkerRunError                            a run failed on a worker with a foreign error (_remote)
      └── ConnectionFailedError                     the store (e.g. Redis) could not be reached
 
 Exceptions raised by user steps are not wrapped: ``invoke`` re-raises them

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,20 +21,29 @@ from ._engine import CLEANUP_SECONDS
 from ._errors import ConnectionFailedError, PermflowError, RunTimeoutError
 from ._message import Message
 from ._outage import Outage
+from ._worker import HEARTBEAT_SECONDS
 
 if TYPE_CHECKING:
     from ._engine import Settings
     from ._plan import Plan
     from .connections._base import PubSubConnection
 
-__all__ = ["RemoteRun", "WorkerRunError", "rebuild_error"]
+__all__ = ["NO_WORKERS_SECONDS", "NoWorkersError", "RemoteRun", "WorkerRunError", "rebuild_error"]
 
 _POLL_SECONDS = 1.0
 #: Seconds a client of workers keeps following a run through a store outage
 #: (workers ride it out too) before it fails with ConnectionFailedError.
 OUTAGE_SECONDS = 30.0
+#: Seconds a client of workers waits, with no live worker at all, before it
+#: fails with NoWorkersError (the run stays stored; a worker started later takes it).
+NO_WORKERS_SECONDS = 10.0
 _PAGE = 1000  # log messages a connection may return per progress call
 _log = logging.getLogger("permflow.run")
+
+
+class NoWorkersError(PermflowError):
+    """No worker has been alive to take a run submitted with ``with_workers()``
+    for ``NO_WORKERS_SECONDS``: start one (``python -m permflow worker ...``)."""
 
 
 class WorkerRunError(PermflowError):
@@ -102,6 +112,9 @@ class RemoteRun:
         self.settings = settings
         self.emit = emit
         self.resumable = True  # False when the caller deletes the state id after a failure
+        self._live: set[str] = set()
+        self._alone_since: float | None = None
+        self._next_check = -math.inf
 
     async def execute(self, topic: str | None, value: Any) -> None:
         finished = announced = False
@@ -151,6 +164,44 @@ class RemoteRun:
             except Exception as exc:
                 _log.warning("could not ask the workers to stop state id %r: %s", self.state_id, exc)
 
+    async def _check_workers(self) -> None:
+        """Fail once no worker has been alive for ``NO_WORKERS_SECONDS``; say
+        when a worker vanished (its work waits for its lease to run out)."""
+        now = anyio.current_time()
+        if now < self._next_check:
+            return
+        self._next_check = now + HEARTBEAT_SECONDS
+        try:
+            live = set(await self.conn.live_workers(3 * HEARTBEAT_SECONDS))
+        except NotImplementedError:  # a connection without heartbeats: nothing to go by
+            self._next_check = math.inf
+            return
+        except ConnectionFailedError:  # the next progress call reports the outage
+            return
+        for gone in sorted(self._live - live):
+            _log.info(
+                "worker %s stopped sending heartbeats; what it held of state id %r is taken over "
+                "once its lease (%gs) runs out",
+                gone,
+                self.state_id,
+                self.conn.lease,
+            )
+        self._live = live
+        if live:
+            self._alone_since = None
+            return
+        if self._alone_since is None:
+            self._alone_since = now
+            _log.info("no worker is alive to take state id %r; waiting up to %gs", self.state_id,
+                      NO_WORKERS_SECONDS)  # fmt: skip
+        elif now - self._alone_since >= NO_WORKERS_SECONDS:
+            raise NoWorkersError(
+                f"no worker has been alive for {NO_WORKERS_SECONDS:g}s to take state id {self.state_id!r} "
+                f"on {self.conn!r}: start one with 'python -m permflow worker MODULE:ATTR --redis URL "
+                "--prefix PREFIX' (the same PubSub and connection); the run stays stored and a worker "
+                "started later takes it up"
+            )
+
     async def _follow(self, after: str | None) -> None:
         conn, sid, names = self.conn, self.state_id, self.plan.names
         # one line per client call: INFO (the workers report the outage at WARNING)
@@ -173,6 +224,8 @@ class RemoteRun:
                     messages = await conn.read_log(sid, after)
                     after = self._emit_new(messages, after)
                 return
+            if not messages:  # nothing moved since the last look: is anyone there?
+                await self._check_workers()
             try:
                 await conn.wait_for_change(sid, _POLL_SECONDS)
             except ConnectionFailedError as exc:

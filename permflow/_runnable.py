@@ -13,9 +13,10 @@ Only the async path is real: every sync method drives its async twin.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -234,14 +235,31 @@ class RunnableParallel(Runnable):
         async def one(key: str, step: Runnable) -> None:
             out[key] = await step.ainvoke(input, config)
 
-        async with anyio.create_task_group() as tg:
-            for key, step in self.steps.items():
-                tg.start_soon(one, key, step)
+        await _first_error_wins([functools.partial(one, key, step) for key, step in self.steps.items()])
         return {key: out[key] for key in self.steps}
 
     def _publishes(self) -> Iterator[str | None]:
         for step in self.steps.values():
             yield from step._publishes()
+
+
+async def _first_error_wins(jobs: list[Callable[[], Awaitable[None]]]) -> None:
+    """Run ``jobs`` concurrently. The first to fail cancels the others, and its
+    exception is raised as itself, as a single step's would be (no group)."""
+    failures: list[Exception] = []
+
+    async def guarded(job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except Exception as exc:
+            failures.append(exc)
+            tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for job in jobs:
+            tg.start_soon(guarded, job)
+    if failures:
+        raise failures[0]
 
 
 class RunnableEach(Runnable):
@@ -264,9 +282,7 @@ class RunnableEach(Runnable):
         async def one(i: int, item: Any) -> None:
             out[i] = await self.inner.ainvoke(item, config)
 
-        async with anyio.create_task_group() as tg:
-            for i, item in enumerate(items):
-                tg.start_soon(one, i, item)
+        await _first_error_wins([functools.partial(one, i, item) for i, item in enumerate(items)])
         return out
 
     def _publishes(self) -> Iterator[str | None]:

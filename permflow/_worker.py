@@ -39,6 +39,8 @@ log = logging.getLogger("permflow.worker")
 
 _STOP_POLL_SECONDS = 5.0  # a fallback: stop requests wake the worker at once
 _HAND_BACK_SECONDS = 0.05
+#: Seconds between a worker's heartbeats; clients count a worker alive for three.
+HEARTBEAT_SECONDS = 2.0
 
 
 class Worker:
@@ -102,6 +104,8 @@ class Worker:
         outage = self._outage
         log.info("worker %s started (concurrency %d) on %r", self.name, self.concurrency, self.connection)
         async with anyio.create_task_group() as drivers:
+            await self._beat()  # clients see this worker from the start
+            drivers.start_soon(self._heartbeats)
             if self.connection.lease != math.inf:
                 drivers.start_soon(self._renew)
             drivers.start_soon(self._watch_stops)
@@ -132,7 +136,22 @@ class Worker:
                     self._room = anyio.Event()
                     await self._room.wait()
             drivers.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + CLEANUP_SECONDS
+            await self._beat(alive=False)
         log.info("worker %s stopped after %d runs", self.name, self.runs_done)
+
+    async def _heartbeats(self) -> None:
+        """Tell clients this worker is alive, every ``HEARTBEAT_SECONDS``."""
+        while True:
+            await anyio.sleep(HEARTBEAT_SECONDS)
+            await self._beat()
+
+    async def _beat(self, *, alive: bool = True) -> None:
+        try:
+            await self.connection.heartbeat(self.name, alive=alive)
+        except Exception as exc:  # the store is away: the claim loop reports the outage
+            log.debug("worker %s could not send its heartbeat: %r", self.name, exc)
 
     async def _renew(self) -> None:
         """Keep the claims and the runs' deliveries alive: one task for all runs.

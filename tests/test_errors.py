@@ -8,7 +8,15 @@ from typing import Any
 import anyio
 import pytest
 
-from permflow import ConfigError, InMemoryPubSubConnection, PermflowError, PubSub, RunTimeoutError, Topic
+from permflow import (
+    ConfigError,
+    InMemoryPubSubConnection,
+    PermflowError,
+    PubSub,
+    RunnableLambda,
+    RunTimeoutError,
+    Topic,
+)
 
 
 def boom(x: Any) -> Any:
@@ -82,3 +90,13 @@ async def test_a_timeout_without_a_state_id_does_not_promise_a_resume() -> None:
     with pytest.raises(RunTimeoutError, match="invoke the same state id again to resume"):
         await pubsub.ainvoke("x", {"state_id": "kept"})
     assert [m.topic for m in await conn.apeek("kept")] == ["__in__"]
+
+
+@pytest.mark.parametrize("kind", ["dict", "map"])
+def test_a_failing_branch_of_a_parallel_step_raises_its_own_error(kind: str) -> None:
+    """A dict step or .map() whose branch fails raises that branch's exception itself, not a group."""
+    step: Any = {"ok": (lambda x: x), "bad": boom} if kind == "dict" else RunnableLambda(boom).map()
+    pubsub = PubSub(Topic.IN.subscribe() | step | Topic.OUT.publish())
+    with pytest.raises(KeyError, match="no x") as info:
+        pubsub.invoke("x" if kind == "dict" else ["x"])
+    assert type(info.value) is KeyError

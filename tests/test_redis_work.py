@@ -32,7 +32,7 @@ async def _connect(
         yield c
     async for k in raw.scan_iter(match=f"{{{prefix}:*"):
         await raw.delete(k)
-    await raw.delete(f"{{{prefix}}}:work", f"{{{prefix}}}:stops")
+    await raw.delete(f"{{{prefix}}}:work", f"{{{prefix}}}:stops", f"{{{prefix}}}:workers")
 
 
 @pytest.fixture
@@ -297,3 +297,13 @@ async def test_a_stop_request_wakes_a_waiting_worker_and_refuses_the_runs_commit
     assert [m.topic for m in await conn.apeek("s")] == ["a"]
     await conn.register("s", [Subscription("p", "a")])  # a run starting again clears the stop
     assert await conn.commit(delivery, [msg("b", 2)], owner="o") is not None
+
+
+async def test_heartbeats_list_live_workers_by_server_time(conn: RedisPubSubConnection) -> None:
+    """A worker that beat is alive until it says it stopped; one that never beat is not listed."""
+    assert await conn.live_workers(5) == []
+    await conn.heartbeat("w1")
+    await conn.heartbeat("w2")
+    assert await conn.live_workers(5) == ["w1", "w2"]
+    await conn.heartbeat("w1", alive=False)
+    assert await conn.live_workers(5) == ["w2"]

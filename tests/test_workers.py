@@ -14,7 +14,8 @@ from typing import Any
 import anyio
 import pytest
 
-from permflow import InMemoryPubSubConnection, PoisonMessageError, PubSub, Topic
+import permflow._remote as remote
+from permflow import InMemoryPubSubConnection, NoWorkersError, PoisonMessageError, PubSub, Topic
 from permflow._remote import WorkerRunError
 from permflow._worker import Worker
 
@@ -389,3 +390,40 @@ async def test_a_poison_message_on_a_worker_fails_the_client() -> None:
             with pytest.raises(PoisonMessageError, match="1 times") as info:
                 await client.ainvoke(None, {"state_id": "poison"})
             assert type(info.value) is PoisonMessageError  # permflow's own type, not WorkerRunError
+
+
+async def test_a_client_with_no_live_worker_fails_clearly_and_the_run_waits_for_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no live worker the client raises NoWorkersError saying how to start one; a later one runs it."""
+    monkeypatch.setattr(remote, "NO_WORKERS_SECONDS", 0.2)
+    monkeypatch.setattr(remote, "HEARTBEAT_SECONDS", 0.05)
+    conn = InMemoryPubSubConnection()
+    pubsub = chain(conn)
+    client = pubsub.with_workers()
+    await conn.heartbeat("ghost")  # a worker that then stops beating
+    with caplog.at_level("INFO", logger="permflow.run"), anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+
+            async def ghost_leaves() -> None:
+                await anyio.wait_all_tasks_blocked()
+                await conn.heartbeat("ghost", alive=False)
+
+            tg.start_soon(ghost_leaves)
+            with pytest.raises(
+                NoWorkersError, match=r"no worker has been alive .* start one with 'python -m"
+            ):
+                await client.ainvoke("a", {"state_id": "alone"})
+        assert any("worker ghost stopped sending heartbeats" in r.getMessage() for r in caplog.records)
+        async with running(Worker(pubsub, name="w1")):
+            assert await client.ainvoke(None, {"state_id": "alone"}) == ["abc"]
+
+
+async def test_heartbeats_say_which_workers_are_alive() -> None:
+    """A running worker is listed as alive, and is gone once it stopped."""
+    conn = InMemoryPubSubConnection()
+    worker = Worker(chain(conn), name="w1")
+    with anyio.fail_after(10):
+        async with running(worker):
+            assert await conn.live_workers(1.0) == ["w1"]
+    assert await conn.live_workers(1.0) == []

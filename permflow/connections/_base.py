@@ -182,6 +182,14 @@ class PubSubConnection(ABC):
         """Ask the workers driving ``state_id`` to stop it (a client left early)."""
         raise self._no_workers()
 
+    async def heartbeat(self, worker: str, *, alive: bool = True) -> None:
+        """Record that ``worker`` is alive now (``alive=False``: it stopped)."""
+        raise self._no_workers()
+
+    async def live_workers(self, within: float) -> list[str]:
+        """Workers whose last heartbeat is at most ``within`` seconds old."""
+        raise self._no_workers()
+
     async def stop_requested(self, state_id: str) -> bool:
         """Whether a stop was requested since the last announcement (or the last
         ``register``). A stopped run's commits are refused."""

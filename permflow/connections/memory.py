@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import final
@@ -85,6 +86,7 @@ class InMemoryPubSubConnection(PubSubConnection):
         self._failed: dict[str, dict[str, object]] = {}
         self._stopping: set[str] = set()
         self._stops = 0  # stop requests so far: the cursor of wait_for_stop_requests
+        self._heartbeats: dict[str, float] = {}
         self._stop_waiters: list[tuple[int, anyio.Event]] = []
         self._claim_waiters: list[tuple[int, anyio.Event]] = []
 
@@ -293,6 +295,18 @@ class InMemoryPubSubConnection(PubSubConnection):
             await event.wait()
         with self._lock:
             return self._stops
+
+    async def heartbeat(self, worker: str, *, alive: bool = True) -> None:
+        with self._lock:
+            if alive:
+                self._heartbeats[worker] = time.monotonic()
+            else:
+                self._heartbeats.pop(worker, None)
+
+    async def live_workers(self, within: float) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            return sorted(w for w, beat in self._heartbeats.items() if now - beat <= within)
 
     async def stop_requested(self, state_id: str) -> bool:
         with self._lock:

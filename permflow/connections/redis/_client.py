@@ -48,6 +48,8 @@ _SCRIPTS = {
     "PROGRESS": work_lua.PROGRESS,
     "ANNOUNCE": work_lua.ANNOUNCE,
     "UNMARK": work_lua.UNMARK,
+    "HEARTBEAT": work_lua.HEARTBEAT,
+    "LIVE_WORKERS": work_lua.LIVE_WORKERS,
     "CHARGE": lua.CHARGE,
     "RECOMMIT": lua.RECOMMIT,
     "REFETCH": lua.REFETCH,

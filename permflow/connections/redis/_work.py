@@ -154,6 +154,20 @@ class RedisWork(RedisCore):
             )
         return record
 
+    def _workers_key(self) -> str:
+        return f"{{{self.prefix}}}:workers"
+
+    async def heartbeat(self, worker: str, *, alive: bool = True) -> None:
+        bound = await self._ready()
+        with self._failures(f"recording the heartbeat of worker {worker!r}"):
+            await bound.run("HEARTBEAT", [self._workers_key()], [worker, int(alive)])
+
+    async def live_workers(self, within: float) -> list[str]:
+        bound = await self._ready()
+        with self._failures(f"listing the live workers under prefix {self.prefix!r}"):
+            names = await bound.run("LIVE_WORKERS", [self._workers_key()], [int(within * 1000), 86_400_000])
+        return sorted(codec.text(n) for n in names)
+
     def _stops_key(self) -> str:
         return f"{{{self.prefix}}}:stops"
 

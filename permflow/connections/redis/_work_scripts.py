@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ._script_lib import PRELUDE
 
-__all__ = ["ANNOUNCE", "CLAIM", "FINISH", "PROGRESS", "RENEW_CLAIMS", "UNMARK"]
+__all__ = ["ANNOUNCE", "CLAIM", "FINISH", "HEARTBEAT", "LIVE_WORKERS", "PROGRESS", "RENEW_CLAIMS", "UNMARK"]
 
 _WORK = """
 local WORK, GROUP, ALL = KEYS[1], ARGV[1], 1000000000
@@ -118,4 +118,28 @@ return redis.call('XADD', KEYS[1], '*', 's', ARGV[1], 'h', ARGV[2])
 # KEYS: [failed mark, stop mark] of one state id. Clears both.
 UNMARK = """
 return redis.call('DEL', KEYS[1], KEYS[2])
+"""
+
+
+# KEYS: [workers hash]; ARGV: worker, 1 (alive) or 0 (stopped). The time is the
+# server's, so workers on machines with skewed clocks compare fairly.
+HEARTBEAT = """
+if ARGV[2] == '0' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+local t = redis.call('TIME')
+return redis.call('HSET', KEYS[1], ARGV[1], t[1] * 1000 + math.floor(t[2] / 1000))
+"""
+
+# KEYS: [workers hash]; ARGV: within_ms, forget_ms. Workers whose heartbeat is at
+# most within_ms old; entries older than forget_ms are removed.
+LIVE_WORKERS = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local within, forget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local live, all = {}, redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local age = now - tonumber(all[i + 1])
+  if age <= within then live[#live + 1] = all[i]
+  elseif age > forget then redis.call('HDEL', KEYS[1], all[i]) end
+end
+return live
 """
