@@ -17,6 +17,8 @@ __all__ = ["RunnableRetry", "RunnableTimeout", "retry_waits_disabled", "set_retr
 
 _waits_enabled = True
 _log = logging.getLogger("permflow.retry")
+#: How a retry waits (tests replace it to record the schedule instead of sleeping).
+_sleep = anyio.sleep
 
 
 def set_retry_waits(enabled: bool) -> None:
@@ -103,7 +105,7 @@ class RunnableRetry(Runnable):
                     exc,
                     exc_info=_log.isEnabledFor(logging.DEBUG),
                 )
-            await anyio.sleep(wait)
+            await _sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _publishes(self) -> Iterator[str | None]:

@@ -33,3 +33,14 @@ class TestRedisConnection(ConnectionSuite):
             yield conn
         finally:
             await conn.aclose()
+
+    @pytest.fixture
+    async def lease_connection(self, redis_url: str, redis_prefix: str) -> AsyncIterator[PubSubConnection]:
+        """A short lease, so that the lease tests wait half a second, not five."""
+        from permflow import RedisPubSubConnection
+
+        conn = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=0.5)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()

@@ -667,14 +667,14 @@ def test_rediss_urls_are_redacted_too() -> None:
 
 def test_invalid_settings_are_refused() -> None:
     """Bad prefixes, leases, ttls and serializers fail at construction with a clear message."""
-    for kwargs in (
-        {"prefix": "a{b"},
-        {"lease": 0},
-        {"ttl": -1},
-        {"max_stream_length": 0},
-        {"serializer": "yaml"},
+    for kwargs, says in (
+        ({"prefix": "a{b"}, "prefix must be a non-empty string without braces"),
+        ({"lease": 0}, "lease must be a positive number of seconds"),
+        ({"ttl": -1}, "ttl must be a positive number of seconds or None"),
+        ({"max_stream_length": 0}, "max_stream_length must be at least 1"),
+        ({"serializer": "yaml"}, "unknown serializer 'yaml'"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=says):
             RedisPubSubConnection.from_url("redis://localhost", **kwargs)
 
 

@@ -295,22 +295,30 @@ def test_break_out_of_stream_abandons_a_blocked_sync_step() -> None:
 
 def test_exception_in_stream_consumer_stops_the_run() -> None:
     """An exception raised by the consumer of stream() propagates and stops the run."""
-    started = threading.Event()
+    started, cancelled = threading.Event(), threading.Event()
 
     async def blocked(x: Any) -> Any:
         started.set()
-        await anyio.Event().wait()
+        try:
+            await anyio.Event().wait()
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
         return x
 
-    pubsub = PubSub(Topic.IN.subscribe() | blocked | Topic.OUT.publish())
+    conn = InMemoryPubSubConnection()
+    pubsub = PubSub(Topic.IN.subscribe() | blocked | Topic.OUT.publish(), connection=conn)
 
     def consume() -> None:
-        for _ in pubsub.stream("q"):
+        for _ in pubsub.stream("q", {"state_id": "gave-up"}):
             assert started.wait(10)
             raise KeyError("consumer gave up")
 
     with pytest.raises(KeyError, match="consumer gave up"):
         call_with_deadline(consume, seconds=15)
+    assert cancelled.wait(10)  # the run stopped: its step was cancelled
+    # and its input stays pending for a resume, nothing was published
+    assert [m.topic for m in conn.peek("gave-up")] == ["__in__"]
 
 
 def test_step_error_surfaces_from_sync_stream() -> None:

@@ -8,11 +8,11 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from ._errors import CycleError, PermflowWarning, PoisonMessageError
-from ._pubsub import PubSub
-from ._suite_protocol import BACKSTOP
-from ._topic import Topic, route
-from .connections._base import PubSubConnection
+from .._errors import CycleError, PermflowWarning, PoisonMessageError
+from .._pubsub import PubSub
+from .._topic import Topic, route
+from ..connections._base import PubSubConnection
+from ._protocol import BACKSTOP
 
 __all__ = ["RunSuite"]
 
@@ -167,6 +167,42 @@ class RunSuite:
             assert question == ["colour for car?"]
             assert await pubsub.ainvoke("red", config, topic=answer) == ["painted red"]
 
+    async def test_join_waits_for_every_part_even_from_a_slow_step(
+        self, connection: PubSubConnection
+    ) -> None:
+        """Parts committed one by one, while one step is still running, are joined once, all together."""
+        items, parts, calls = Topic("items"), Topic("parts"), []
+        slow_started, release = anyio.Event(), anyio.Event()
+
+        async def part(n: int) -> int:
+            if n == 0:  # the others' parts are stored, one delivery each, while this one runs
+                slow_started.set()
+                await release.wait()
+            return n * 10
+
+        def total(values: list[int]) -> int:
+            calls.append(sorted(values))
+            return sum(values)
+
+        pubsub = PubSub(
+            Topic.IN.subscribe() | (lambda n: list(range(n))) | items.publish_each(),
+            items.subscribe() | part | parts.publish(),
+            parts.join() | total | Topic.OUT.publish(),
+            connection=connection,
+        )
+        outs: list[Any] = []
+
+        async def run() -> None:
+            outs.extend(await pubsub.ainvoke(5))
+
+        with anyio.fail_after(BACKSTOP):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await slow_started.wait()
+                await anyio.wait_all_tasks_blocked()  # an eager join would have fired by now
+                release.set()
+        assert calls == [[0, 10, 20, 30, 40]] and outs == [100]
+
     async def test_join_fires_once_per_idle_point(self, connection: PubSubConnection) -> None:
         """A join runs once with all fanned-out results, and what it publishes wakes the run."""
         parts, calls = Topic("parts"), []
@@ -246,18 +282,30 @@ class RunSuite:
     async def test_exact_repeat_fails_at_once(self, connection: PubSubConnection) -> None:
         """A process receiving an equal value again along one lineage raises CycleError naming the topics."""
         ping, pong = Topic("ping"), Topic("pong")
+        calls: list[str] = []
+
+        def hop(name: str) -> Any:
+            def step(x: Any) -> Any:
+                calls.append(name)
+                return x
+
+            return step
+
         with pytest.warns(PermflowWarning, match="Topic.OUT"):  # a loop that never ends anywhere
             pubsub = PubSub(
                 Topic.IN.subscribe() | ping.publish(),
-                ping.subscribe() | (lambda x: x) | pong.publish(),
-                pong.subscribe() | (lambda x: x) | ping.publish(),
+                ping.subscribe() | hop("ping") | pong.publish(),
+                pong.subscribe() | hop("pong") | ping.publish(),
                 connection=connection,
             )
         with anyio.fail_after(BACKSTOP), pytest.raises(CycleError) as caught:
-            await pubsub.ainvoke("same")
+            await pubsub.ainvoke("same", {"state_id": "echo"})
         assert isinstance(caught.value, RecursionError)
         assert set(caught.value.topics) == {"ping", "pong"}
         assert "ping" in str(caught.value) and "pong" in str(caught.value)
+        # at once: the first time 'same' comes round again, not at the depth limit
+        assert calls == ["ping", "pong"]
+        assert [m.topic for m in await connection.apeek("echo")] == ["__in__", "ping", "pong", "ping"]
 
     async def test_runaway_loop_hits_the_recursion_limit(self, connection: PubSubConnection) -> None:
         """A loop that keeps changing its value fails with CycleError at recursion_limit."""
@@ -334,3 +382,42 @@ class RunSuite:
             log = await connection.apeek("shared")
         assert sorted(outs[0] + outs[1]) == list(range(30))
         assert sorted(m.value for m in log if m.topic == "__out__") == list(range(30))
+
+    async def test_two_drivers_interleaved_store_each_output_once(self, connection: PubSubConnection) -> None:
+        """Two drivers holding one delivery each of one state id at once store each output once."""
+        middle = Topic("middle")
+        a_holds, b_stepped, calls = anyio.Event(), anyio.Event(), []
+
+        async def step(n: int) -> int:
+            calls.append(n)
+            if n == 1:  # driver A holds this one until driver B has run its step on the other
+                a_holds.set()
+                await b_stepped.wait()
+            else:
+                b_stepped.set()
+            return n
+
+        with pytest.warns(PermflowWarning, match="Topic.OUT"):  # the feeder gives no result itself
+            feeder = PubSub(Topic.IN.subscribe() | middle.publish(), connection=connection)
+        worker = PubSub(
+            middle.subscribe(name="worker") | step | Topic.OUT.publish(),
+            connection=connection,
+            inputs=[middle],
+        )
+        config = {"state_id": "interleaved"}
+        outs: dict[str, list[Any]] = {}
+
+        async def drive(who: str) -> None:
+            outs[who] = await worker.ainvoke(None, config)
+
+        with anyio.fail_after(BACKSTOP):
+            await feeder.ainvoke(1, config)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drive, "A")
+                await a_holds.wait()  # A is mid-step on message 1
+                await feeder.ainvoke(2, config)  # message 2 arrives while A holds message 1
+                tg.start_soon(drive, "B")
+            log = await connection.apeek("interleaved")
+        assert outs == {"A": [1], "B": [2]}  # truly split: each driver did one
+        assert sorted(calls) == [1, 2]
+        assert sorted(m.value for m in log if m.topic == "__out__") == [1, 2]

@@ -1,16 +1,17 @@
-"""Conformance tests of the connection protocol itself (fetch, commit, release...)."""
+"""Conformance tests of the connection protocol itself (fetch, commit, release, leases...)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 
-from ._errors import DefinitionError
-from ._message import Message
-from .connections._base import PubSubConnection, Subscription
+from .._errors import DefinitionError
+from .._message import Message
+from ..connections._base import PubSubConnection, Subscription
 
 __all__ = ["BACKSTOP", "ProtocolSuite"]
 
@@ -140,6 +141,35 @@ class ProtocolSuite:
         assert all(m.depth == 3 and m.trail == trail and m.published_at == 1.5 for m in log)
 
     async def test_wait_for_change_returns_after_its_time(self, connection: PubSubConnection) -> None:
-        """wait_for_change with nothing happening returns by itself (it never hangs a run)."""
+        """wait_for_change with nothing happening returns about when asked (it may return
+        early, never much later), and creates no state."""
         with anyio.fail_after(BACKSTOP):
-            await connection.wait_for_change("quiet", 0.01)
+            start = anyio.current_time()
+            await connection.wait_for_change("quiet", 0.2)
+            waited = anyio.current_time() - start
+            assert await connection.apeek("quiet") == []
+        assert waited < 2.0  # an order of magnitude past its 0.2 s would hang a run's idle check
+
+    @pytest.mark.parametrize("change", ["publish", "commit", "release"])
+    async def test_a_change_wakes_a_waiter(self, connection: PubSubConnection, change: str) -> None:
+        """A publish, a commit or a release wakes wait_for_change on that state id at once."""
+        await connection.register("w", [Subscription("p", "a")])
+        await connection.publish("w", [_message("a", 1, "w")])
+        (delivery,) = await connection.fetch("w", "p", owner="o")
+        actions: dict[str, Callable[[], Awaitable[object]]] = {
+            "publish": lambda: connection.publish("w", [_message("a", 2, "w")]),
+            "commit": lambda: connection.commit(delivery, [_message("b", 2, "w")], owner="o"),
+            "release": lambda: connection.release("w", "o"),
+        }
+        woke = anyio.Event()
+
+        async def waiter() -> None:
+            await connection.wait_for_change("w", BACKSTOP * 2)
+            woke.set()
+
+        with anyio.fail_after(BACKSTOP):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                await actions[change]()
+                await woke.wait()

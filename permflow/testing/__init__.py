@@ -10,6 +10,10 @@ only work on asyncio, an ``anyio_backend`` fixture returning ``"asyncio"``)::
             async with MyConnection(...) as conn:
                 yield conn
 
+A store with leases (a finite ``lease``) should also override the
+``lease_connection`` fixture with a connection whose lease is short (under a
+second): the lease tests wait for leases to run out.
+
 Requires pytest and anyio's pytest plugin. ``set_retry_waits(False)`` turns
 retry back-off waits to zero for fast tests.
 """
@@ -18,15 +22,16 @@ from __future__ import annotations
 
 import pytest
 
-from ._retry import set_retry_waits
-from ._suite_protocol import ProtocolSuite
-from ._suite_runs import RunSuite
-from .connections._base import PubSubConnection
+from .._retry import set_retry_waits
+from ..connections._base import PubSubConnection
+from ._leases import LeaseSuite
+from ._protocol import ProtocolSuite
+from ._runs import RunSuite
 
-__all__ = ["ConnectionSuite", "ProtocolSuite", "RunSuite", "set_retry_waits"]
+__all__ = ["ConnectionSuite", "LeaseSuite", "ProtocolSuite", "RunSuite", "set_retry_waits"]
 
 
-class ConnectionSuite(ProtocolSuite, RunSuite):
+class ConnectionSuite(ProtocolSuite, LeaseSuite, RunSuite):
     """What every connection must do. Subclasses provide ``connection``."""
 
     pytestmark = pytest.mark.anyio
