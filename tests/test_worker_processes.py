@@ -89,14 +89,24 @@ class WorkerProcess:
 
 @asynccontextmanager
 async def worker_processes(
-    target: str, redis_url: str, prefix: str, *, count: int = 2, concurrency: int = 4, grace: float = 10.0
+    target: str,
+    redis_url: str,
+    prefix: str,
+    *,
+    count: int = 2,
+    concurrency: int = 4,
+    grace: float = 10.0,
+    meet_dir: Path | None = None,
 ) -> AsyncIterator[list[WorkerProcess]]:
     """``count`` workers serving ``tests.worker_app:target``, started and logging;
-    whatever is still running at the end is killed."""
+    whatever is still running at the end is killed. With ``meet_dir`` their steps
+    wait for a step of another worker (``worker_app.meet_another_worker``)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
+    if meet_dir is not None:
+        env["PERMFLOW_TEST_MEET_DIR"] = str(meet_dir)
     workers: list[WorkerProcess] = []
     try:
         async with anyio.create_task_group() as tg:
@@ -170,10 +180,11 @@ async def test_a_worker_names_its_redis_url_without_password_and_its_prefix(
 
 
 async def test_two_worker_processes_run_a_batch_of_200_three_process_chains(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None
+    redis_url: str, redis_prefix: str, work_key_cleaned: None, tmp_path: Path
 ) -> None:
-    """200 runs submitted at once all return the right value, and both workers computed some."""
-    async with worker_processes("chain", redis_url, redis_prefix) as workers:
+    """200 runs submitted at once all return the right value, and both workers computed some
+    (forced: a worker's first result waits until the other worker produced one too)."""
+    async with worker_processes("chain", redis_url, redis_prefix, meet_dir=tmp_path) as workers:
         async with client_of(worker_app.chain, redis_url, redis_prefix) as client:
             with anyio.fail_after(120):
                 results = await client.abatch(list(range(200)))
@@ -246,10 +257,10 @@ async def test_sigterm_lets_a_worker_finish_within_its_grace_period_and_lose_not
 
 
 async def test_a_join_over_a_fan_out_spread_over_two_workers_fires_once(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None
+    redis_url: str, redis_prefix: str, work_key_cleaned: None, tmp_path: Path
 ) -> None:
-    """Fifty squares computed by both workers are joined exactly once into the right sum."""
-    async with worker_processes("fan_out", redis_url, redis_prefix) as workers:
+    """Fifty squares computed by both workers (forced, as above) are joined once into the right sum."""
+    async with worker_processes("fan_out", redis_url, redis_prefix, meet_dir=tmp_path) as workers:
         async with client_of(worker_app.fan_out, redis_url, redis_prefix) as client:
             with anyio.fail_after(60):
                 out = await client.ainvoke(50, {"state_id": "fan"})

@@ -11,9 +11,11 @@ worker process did the work.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from permflow import PubSub, RedisPubSubConnection, Topic
 
@@ -29,7 +31,24 @@ ITEMS = Topic("items")
 SQUARES = Topic("squares")
 
 
+#: A directory where steps of different worker processes meet (set by tests that
+#: must see both workers work): a step waits there until a step of another
+#: worker process arrived too, so one worker cannot do all the work.
+MEET_DIR = os.environ.get("PERMFLOW_TEST_MEET_DIR")
+
+
+def meet_another_worker() -> None:
+    """Wait (up to 20 s) until a step of another worker process has been here too."""
+    if not MEET_DIR:
+        return
+    open(os.path.join(MEET_DIR, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 20
+    while len(os.listdir(MEET_DIR)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # waiting for another process, which no event here can signal
+
+
 def _tagged(value: int) -> dict[str, int]:
+    meet_another_worker()
     return {"value": value, "pid": os.getpid()}
 
 
@@ -40,7 +59,7 @@ async def _slow_double(x: int) -> int:
 
 async def _slow_square(x: int) -> dict[str, int]:
     await anyio.sleep(ITEM_SECONDS)
-    return _tagged(x * x)
+    return await anyio.to_thread.run_sync(_tagged, x * x)
 
 
 def _total(squares: list[dict[str, int]]) -> dict[str, Any]:
