@@ -38,6 +38,11 @@ def markdown(data: dict[str, Any], table: list[_report.Row]) -> str:
         "(for rates, cost is 1/rate), so above 1 means slower. `vs permflow` is the same for "
         "peers against permflow. See README.md for what each workload does.",
         "",
+        "Redis rows name the floor each ratio is against: the **1-RTT script floor** (a hop by "
+        "hand in one round trip: one Lua script doing XACK + XADD + XREADGROUP, sent with EVALSHA), "
+        "**PING** (the bare round trip) and, for W1, the **2-RTT MULTI hop** (XREADGROUP, then "
+        "XACK + XADD in MULTI/EXEC). Targets on ratios are judged against the first one named.",
+        "",
         _report.markdown_table(table),
         "",
         "![per-hop cost and runs/s per system](results.png)",

@@ -115,3 +115,23 @@ def test_the_worker_benchmark_judges_ratios_only_in_full_runs(
     assert "2 workers vs 1: 1.20×" in quick and "target" not in quick and "BELOW" not in quick
     assert not workers.report(pair, "2 workers vs 1", 1.6, quick=False)
     assert "1.20×  (target ≥ 1.6×)  BELOW TARGET" in capsys.readouterr().out
+
+
+def test_redis_rows_name_the_floor_of_each_ratio(benchmarks_on_path: None) -> None:
+    """W1 on Redis shows one ratio per floor, each named, and judges its target against the first."""
+    from benchmarks import _report
+    from benchmarks._workloads import workloads
+
+    cells = {
+        "redis_ping": {"redis-floor": {"rounds": [100e-6]}},
+        "redis_hop_script": {"redis-floor": {"rounds": [150e-6]}},
+        "redis_hop_multi": {"redis-floor": {"rounds": [300e-6]}},
+        "redis_w1": {"permflow-redis": {"rounds": [330e-6]}},
+    }
+    chosen = [w for w in workloads(quick=False) if w.key in cells]
+    rows = {r.workload: r for r in _report.rows({"results": cells, "meta": {"quick": False}}, chosen)}
+    w1 = next(r for label, r in rows.items() if label.startswith("W1 on Redis"))
+    assert w1.ratio == "2.20× 1-RTT script floor; 3.30× PING; 1.10× 2-RTT MULTI hop"
+    assert w1.target == "MISSED (≤2× 1-RTT script floor)"
+    floor = next(r for label, r in rows.items() if label.startswith("Redis floor, 1 round trip"))
+    assert floor.ratio == "1.50× PING"
