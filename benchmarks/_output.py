@@ -43,12 +43,30 @@ def markdown(data: dict[str, Any], table: list[_report.Row]) -> str:
         "**PING** (the bare round trip) and, for W1, the **2-RTT MULTI hop** (XREADGROUP, then "
         "XACK + XADD in MULTI/EXEC). Targets on ratios are judged against the first one named.",
         "",
+        _mem_note(data),
+        "",
         _report.markdown_table(table),
         "",
         "![per-hop cost and runs/s per system](results.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+def _mem_note(data: dict[str, Any]) -> str:
+    at_once = data["meta"].get("mem_at_once", 1)
+    limit = data["meta"].get("mem_seconds_limit", 0)
+    return (
+        "MEM: every system does the same count of invokes, each in a fresh process; a system still "
+        f"running after {limit:g} s would stop there, its row saying how many it did "
+        "(compare growth per run then). "
+        + (
+            f"{at_once} systems were measured at a time (resident memory does not depend on the CPU "
+            "a process gets), so the seconds shown are wall time on a shared machine."
+            if at_once > 1
+            else ""
+        )
+    ).strip()
 
 
 def write(data: dict[str, Any], table: list[_report.Row]) -> list[str]:

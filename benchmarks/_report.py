@@ -142,10 +142,17 @@ def _mem_rows(data: dict[str, Any], wl: Workload) -> list[Row]:
                 f"{growth / 1024:+.1f} MiB ({per_run:+.1f} B/run)",
                 "",
                 flat,
-                f"{cell['invokes']:,} invokes in {cell['seconds']:.1f} s. {cell.get('note', '')}".strip(),
+                f"{_count(cell)} in {cell['seconds']:.1f} s. {cell.get('note', '')}".strip(),
             )
         )
     return out
+
+
+def _count(cell: dict[str, Any]) -> str:
+    done, asked = cell["invokes"], cell.get("count", cell["invokes"])
+    if done < asked:
+        return f"only {done:,} of {asked:,} invokes (time limit)"
+    return f"{done:,} invokes"
 
 
 HEADERS = ("workload", "system", "median", "range (rounds)", "vs baseline", "vs permflow", "target", "note")

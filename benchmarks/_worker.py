@@ -133,7 +133,7 @@ class Worker:
     def measure(self, req: dict[str, Any]) -> dict[str, Any]:
         pipeline, reps = self.build(req)
         if req["mode"] == "mem":
-            return self.memory(pipeline, req["count"])
+            return self.memory(pipeline, req["count"], req["seconds_limit"])
         if req["mode"] == "many":
             size = req["count"]
             elapsed = sum(self.timed_many(pipeline, self.inputs(size)) for _ in range(reps // size))
@@ -152,14 +152,16 @@ class Worker:
             "note": _note(pipeline),
         }
 
-    def memory(self, pipeline: Pipeline, count: int) -> dict[str, Any]:
+    def memory(self, pipeline: Pipeline, count: int, seconds_limit: float) -> dict[str, Any]:
+        """RSS sampled 20 times over ``count`` sequential runs, or over those done
+        when ``seconds_limit`` has passed (then ``invokes`` < ``count``)."""
         gc.collect()
         start, _ = rss_kib()
         samples = [start]
         step = max(1, count // 20)
         done = 0
         started = time.perf_counter()
-        while done < count:
+        while done < count and time.perf_counter() - started < seconds_limit:
             n = min(step, count - done)
             xs = self.inputs(n)
             _check(pipeline, xs, self.call(pipeline, xs))
@@ -173,7 +175,8 @@ class Worker:
             "peak_kib": max(samples),
             "hwm_kib": hwm,
             "samples_kib": samples,
-            "invokes": count,
+            "invokes": done,
+            "count": count,
             "seconds": elapsed,
             "note": _note(pipeline),
         }

@@ -135,3 +135,17 @@ def test_redis_rows_name_the_floor_of_each_ratio(benchmarks_on_path: None) -> No
     assert w1.target == "MISSED (≤2× 1-RTT script floor)"
     floor = next(r for label, r in rows.items() if label.startswith("Redis floor, 1 round trip"))
     assert floor.ratio == "1.50× PING"
+
+
+def test_a_mem_row_cut_by_the_time_limit_says_so(benchmarks_on_path: None) -> None:
+    """A MEM row whose system stopped at the time limit states how many invokes of how many it did."""
+    from benchmarks import _report
+    from benchmarks._workloads import workloads
+
+    cell = {"start_kib": 1024, "end_kib": 2048, "peak_kib": 2048, "invokes": 40_000, "count": 100_000}
+    mem = [w for w in workloads(quick=False) if w.mode == "mem"]
+    (row,) = _report.rows(
+        {"results": {}, "mem": {"x": cell | {"seconds": 600.0}}, "meta": {"quick": False}}, mem
+    )
+    assert row.note.startswith("only 40,000 of 100,000 invokes (time limit) in 600.0 s")
+    assert "+26.2 B/run" in row.ratio
