@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import json
 import os
-import platform
 import select
 import subprocess
 import sys
@@ -31,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _report, _venvs
+from . import _machine, _report, _venvs
 from ._worker import MARK
 from ._workloads import Workload, workloads
 from .systems import _redis_common
@@ -216,11 +214,7 @@ def run(args: argparse.Namespace, redis_missing: str | None = None) -> dict[str,
     chosen, wls = _chosen(args)
     data: dict[str, Any] = {
         "meta": {
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu": _cpu_name(),
+            **_machine.describe(),
             "quick": quick,
             "rounds": args.rounds,
         },
@@ -288,17 +282,6 @@ def run(args: argparse.Namespace, redis_missing: str | None = None) -> dict[str,
 
 def _takes_part(name: str, family: str, wl: Workload) -> bool:
     return family == wl.family and (not wl.only or name in wl.only)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def failures(data: dict[str, Any]) -> list[str]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import _report, _venvs
+from . import _machine, _report, _venvs
 
 HERE = Path(__file__).resolve().parent
 
@@ -19,7 +19,7 @@ def markdown(data: dict[str, Any], table: list[_report.Row]) -> str:
         "# permflow benchmark results",
         "",
         f"- date: {meta['date']}",
-        f"- machine: {meta['cores']} cores, {meta['cpu']}, {meta['platform']}",
+        f"- machine: {_machine.summary(meta)}",
         f"- Python {meta['python']}; {meta['rounds']} interleaved rounds per row, medians shown; "
         f"whole run {meta['seconds']} s",
         "",

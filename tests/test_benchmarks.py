@@ -149,3 +149,24 @@ def test_a_mem_row_cut_by_the_time_limit_says_so(benchmarks_on_path: None) -> No
     )
     assert row.note.startswith("only 40,000 of 100,000 invokes (time limit) in 600.0 s")
     assert "+26.2 B/run" in row.ratio
+
+
+def test_a_full_worker_run_writes_its_figures(
+    benchmarks_on_path: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks.workers writes workers.md and workers.json with the ratios, date and machine."""
+    from benchmarks import _machine, _workers_output, workers
+
+    monkeypatch.setattr(_workers_output, "HERE", tmp_path)
+    cpu, io = workers._setups(quick=False)
+    for setup, rates in zip(
+        cpu + io, ([40.0, 42.0], [70.0, 72.0], [19.0, 19.0], [1000.0, 1020.0]), strict=True
+    ):
+        setup.rates = rates
+    meta = _machine.describe() | {"redis": "7.0", "rounds": 2, "cpu_step_loops": 1000, "cpu_step_ms": 20.0}
+    workers.write(meta, {"cpu": cpu, "io": io})
+    text = (tmp_path / "workers.md").read_text()
+    assert meta["date"] in text and _machine.summary(meta) in text
+    assert "1.73× (2 workers vs 1) | met (≥ 1.6×)" in text
+    assert "53.16× (concurrency 100 vs 1) | met (≥ 50×)" in text
+    assert '"ratio"' in (tmp_path / "workers.json").read_text()
