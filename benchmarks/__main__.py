@@ -18,10 +18,9 @@ fails at once with one line.
 from __future__ import annotations
 
 import argparse
-import datetime
+import concurrent.futures
 import json
 import os
-import platform
 import select
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _report, _venvs
+from . import _machine, _report, _venvs
 from ._worker import MARK
 from ._workloads import Workload, workloads
 from .systems import _redis_common
@@ -68,6 +67,9 @@ SYSTEMS = [
 
 REQUEST_TIMEOUT = 240.0
 SLOW_BUDGET = 3.0
+#: MEM runs the same count for every system; one still running after this
+#: many seconds stops there, and its row says how many invokes it did.
+MEM_SECONDS_LIMIT = 600.0
 
 
 class Worker:
@@ -104,12 +106,12 @@ class Worker:
             if line.startswith(MARK):
                 return json.loads(line[len(MARK) :])
 
-    def request(self, req: dict[str, Any]) -> dict[str, Any]:
+    def request(self, req: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(req) + "\n")
             self.proc.stdin.flush()
-            return self._read(REQUEST_TIMEOUT)
+            return self._read(timeout)
         except (OSError, RuntimeError, TimeoutError) as exc:
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
@@ -134,16 +136,17 @@ def _python(spec: Spec, install: bool) -> str:
     return _venvs.python_for(spec.env, create=install)
 
 
-def _request(wl: Workload, quick: bool, count: int | None = None) -> dict[str, Any]:
+def _request(wl: Workload, quick: bool) -> dict[str, Any]:
     return {
         "key": wl.key,
         "primitive": wl.primitive,
         "args": list(wl.args),
         "mode": wl.mode,
-        "count": count if count is not None else wl.count,
+        "count": wl.count,
         "warmup": 3 if quick else (50 if wl.count else 20),
         "round_seconds": 0.01 if quick else 0.2,
         "units_per_run": wl.units_per_run,
+        "seconds_limit": MEM_SECONDS_LIMIT,
     }
 
 
@@ -165,15 +168,33 @@ def _enough(cell: dict[str, Any]) -> bool:
     return len(cell.get("rounds", ())) >= 3 and cell.get("spent", 0.0) > SLOW_BUDGET
 
 
-def _mem_count(data: dict[str, Any], system: str, wl: Workload, quick: bool) -> int:
-    """The full count (100,000) for permflow; the others as many as fit in ~8 s."""
-    assert wl.count is not None
-    if quick or system == "permflow":
-        return wl.count
-    cell = data["results"].get("w3_sync", {}).get(system, {})
-    spu = _report.median(cell) if cell else None
-    fit = 10_000 if spu is None else int(8.0 / spu)
-    return max(1_000, min(wl.count, fit // 1_000 * 1_000))
+def _memory(data: dict[str, Any], wl: Workload, workers: list[Worker], pythons: dict[str, str]) -> None:
+    """MEM: every in-memory system does the same ``wl.count`` invokes, each in a
+    fresh worker. Resident memory does not depend on the CPU a process gets, so
+    as many systems run at once as there are cores, the slowest first."""
+    quick = data["meta"]["quick"]
+    specs = [w.spec for w in workers if w.family == "memory"]
+    w3 = data["results"].get("w3_sync", {})
+    specs.sort(key=lambda spec: -(_report.median(w3.get(spec.name, {})) or 0.0))
+
+    def measure(spec: Spec) -> None:
+        t0 = time.perf_counter()
+        try:
+            fresh = Worker(spec, pythons[spec.name])
+        except (RuntimeError, TimeoutError) as exc:
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        else:
+            reply = fresh.request(_request(wl, quick), timeout=MEM_SECONDS_LIMIT + 120)
+            fresh.close()
+        data["mem"][spec.name] = reply if reply.get("ok") else {"error": reply["error"]}
+        print(f"  {wl.label} [{spec.name}]: {time.perf_counter() - t0:.1f} s", flush=True)
+
+    at_once = max(1, min(os.cpu_count() or 1, len(specs)))
+    with concurrent.futures.ThreadPoolExecutor(at_once) as pool:
+        list(pool.map(measure, specs))
+    # Rows in the order of the systems, whichever finished first.
+    data["mem"] = {spec.name: data["mem"][spec.name] for spec in SYSTEMS if spec.name in data["mem"]}
+    data["meta"] |= {"mem_at_once": at_once, "mem_seconds_limit": MEM_SECONDS_LIMIT}
 
 
 def _chosen(args: argparse.Namespace) -> tuple[list[Spec], list[Workload]]:
@@ -193,11 +214,7 @@ def run(args: argparse.Namespace, redis_missing: str | None = None) -> dict[str,
     chosen, wls = _chosen(args)
     data: dict[str, Any] = {
         "meta": {
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpu": _cpu_name(),
+            **_machine.describe(),
             "quick": quick,
             "rounds": args.rounds,
         },
@@ -256,18 +273,8 @@ def run(args: argparse.Namespace, redis_missing: str | None = None) -> dict[str,
         for worker in workers:
             worker.close()
     for wl in wls:
-        if wl.mode != "mem":
-            continue
-        for worker in workers:
-            if worker.family != "memory":
-                continue
-            t0 = time.perf_counter()
-            name = worker.spec.name
-            fresh = Worker(worker.spec, pythons[name])
-            reply = fresh.request(_request(wl, quick, _mem_count(data, name, wl, quick)))
-            fresh.close()
-            data["mem"][name] = reply if reply.get("ok") else {"error": reply["error"]}
-            print(f"  {wl.label} [{name}]: {time.perf_counter() - t0:.1f} s", flush=True)
+        if wl.mode == "mem":
+            _memory(data, wl, workers, pythons)
     data["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     data["workloads"] = [w.key for w in wls]
     return data
@@ -275,17 +282,6 @@ def run(args: argparse.Namespace, redis_missing: str | None = None) -> dict[str,
 
 def _takes_part(name: str, family: str, wl: Workload) -> bool:
     return family == wl.family and (not wl.only or name in wl.only)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def failures(data: dict[str, Any]) -> list[str]:

@@ -17,13 +17,15 @@ PER_HOP = [
     ("w4_50", "W4\n50 hops"),
     ("w4_100", "W4\n100 hops"),
     ("w4_200", "W4\n200 hops"),
-    ("redis_hop", "Redis hop\nby hand"),
+    ("redis_hop_script", "Redis floor\n1 RTT/hop"),
+    ("redis_hop_multi", "Redis hop\n2 RTT (MULTI)"),
     ("redis_w1", "W1 on\nRedis"),
 ]
 RATES = [
     ("w3_seq", "W3 sequential\nainvoke"),
     ("w3_batch", "W3 abatch"),
     ("w3_sync", "W3 sequential\ninvoke"),
+    ("redis_run_script", "Redis floor\n3-hop run"),
     ("redis_w3_seq", "W3 on Redis\nsequential"),
     ("redis_w3_batch", "W3 on Redis\nabatch"),
     ("redis_w3_batch64", "W3 on Redis\nabatch(64)"),

@@ -15,6 +15,7 @@ import asyncio
 import gc
 import importlib
 import json
+import math
 import sys
 import time
 import traceback
@@ -104,26 +105,38 @@ class Worker:
         # Warm up (checked, untimed): lets caches and permflow's sync-step
         # policy settle before anything is measured.
         warm = req["warmup"]
+        budget = req["round_seconds"]
         if req["mode"] == "many":
+            # One batch of ``count`` runs at once; a round is as many batches,
+            # one after another, as take the round's time (≥ 1).
             self.timed_many(pipeline, self.inputs(min(warm, req["count"])))
-            reps = req["count"]
+            batch = self.timed_many(pipeline, self.inputs(req["count"]))
+            reps = req["count"] * max(1, math.ceil(budget / max(batch, 1e-9)))
         else:
             _check(pipeline, xs := self.inputs(warm), self.call(pipeline, xs))
-            reps = req["count"] or self._calibrate(pipeline, req["round_seconds"], req["units_per_run"])
+            reps = self._calibrate(pipeline, budget) if req["mode"] == "each" else 0
+            reps = max(reps, req["count"] or 0)  # a fixed count is a least count
         self.built[key] = (pipeline, reps)
         return pipeline, reps
 
-    def _calibrate(self, pipeline: Pipeline, budget: float, units: int) -> int:
+    def _calibrate(self, pipeline: Pipeline, budget: float) -> int:
+        """How many sequential runs take ``budget`` seconds, from probes that
+        double until one takes a quarter of it (a short probe is mostly noise)."""
         probe = 3
-        per_run = self.timed(pipeline, self.inputs(probe)) / probe
-        return max(3, min(5000, int(budget / max(per_run, 1e-9))))
+        while True:
+            took = self.timed(pipeline, self.inputs(probe))
+            if took >= budget / 4 or probe >= 1_000_000:
+                break
+            probe *= 2
+        return max(3, math.ceil(budget * probe / max(took, 1e-9)))
 
     def measure(self, req: dict[str, Any]) -> dict[str, Any]:
         pipeline, reps = self.build(req)
         if req["mode"] == "mem":
-            return self.memory(pipeline, req["count"])
+            return self.memory(pipeline, req["count"], req["seconds_limit"])
         if req["mode"] == "many":
-            elapsed = self.timed_many(pipeline, self.inputs(reps))
+            size = req["count"]
+            elapsed = sum(self.timed_many(pipeline, self.inputs(size)) for _ in range(reps // size))
             return {
                 "seconds_per_unit": elapsed / reps,
                 "reps": reps,
@@ -139,14 +152,16 @@ class Worker:
             "note": _note(pipeline),
         }
 
-    def memory(self, pipeline: Pipeline, count: int) -> dict[str, Any]:
+    def memory(self, pipeline: Pipeline, count: int, seconds_limit: float) -> dict[str, Any]:
+        """RSS sampled 20 times over ``count`` sequential runs, or over those done
+        when ``seconds_limit`` has passed (then ``invokes`` < ``count``)."""
         gc.collect()
         start, _ = rss_kib()
         samples = [start]
         step = max(1, count // 20)
         done = 0
         started = time.perf_counter()
-        while done < count:
+        while done < count and time.perf_counter() - started < seconds_limit:
             n = min(step, count - done)
             xs = self.inputs(n)
             _check(pipeline, xs, self.call(pipeline, xs))
@@ -160,7 +175,8 @@ class Worker:
             "peak_kib": max(samples),
             "hwm_kib": hwm,
             "samples_kib": samples,
-            "invokes": count,
+            "invokes": done,
+            "count": count,
             "seconds": elapsed,
             "note": _note(pipeline),
         }

@@ -18,8 +18,10 @@ its own key prefix, deleted at the end. Redis is found at
 ``redis://127.0.0.1:6379/0``, and checked before anything starts: without it
 nothing is measured ("not available"), and under ``CI=true`` that is a failure.
 
-``--quick`` runs one small round of each setup, checks the results and exits
-non-zero on a wrong one; it never judges speed, so it prints no targets.
+A full run writes its figures, with the date and the machine, to
+``benchmarks/workers.md`` and ``benchmarks/workers.json``. ``--quick`` runs one
+small round of each setup, checks the results and exits non-zero on a wrong
+one; it never judges speed, so it prints no targets and writes nothing.
 Unlike the rest of the package, this module imports permflow (workers load its
 PubSubs from here).
 """
@@ -44,6 +46,7 @@ import anyio.abc
 
 from permflow import PermflowError, PubSub, RedisPubSubConnection, Topic
 
+from . import _machine, _workers_output
 from .systems import _redis_common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,6 +221,7 @@ async def compare(pair: list[Setup], url: str, loops: int, rounds: int) -> None:
 
 
 def report(pair: list[Setup], what: str, target: float, quick: bool) -> bool:
+    """Print ``pair``'s rates and their ratio; in a full run, whether it meets ``target``."""
     for setup in pair:
         rates = setup.rates
         print(
@@ -234,6 +238,13 @@ def report(pair: list[Setup], what: str, target: float, quick: bool) -> bool:
     return ratio >= target
 
 
+#: (key, heading, what the ratio compares, target): the two comparisons, in order.
+COMPARISONS = [
+    ("cpu", "cpu-bound step (sync, ~20 ms)", "2 workers vs 1", 1.6),
+    ("io", "i/o-bound step (await anyio.sleep(0.05))", "concurrency 100 vs 1", 50.0),
+]
+
+
 async def main_async(args: argparse.Namespace) -> int:
     rounds = 1 if args.quick else args.rounds
     loops = loops_for(CPU_MS)
@@ -241,18 +252,61 @@ async def main_async(args: argparse.Namespace) -> int:
         f"permflow workers on {args.redis}, {os.cpu_count()} cores; "
         f"cpu step: {loops} loop turns ≈ {CPU_MS:g} ms"
     )
-    cpu_pair, io_pair = _setups(args.quick)
-    print("cpu-bound step (sync, ~20 ms):")
-    await compare(cpu_pair, args.redis, loops, rounds)
-    cpu_ok = report(cpu_pair, "2 workers vs 1", 1.6, args.quick)
-    print("i/o-bound step (await anyio.sleep(0.05)):")
-    await compare(io_pair, args.redis, loops, rounds)
-    io_ok = report(io_pair, "concurrency 100 vs 1", 50.0, args.quick)
+    meta = {**_machine.describe(), "redis": await _server_version(args.redis), "rounds": rounds}
+    meta |= {"cpu_step_loops": loops, "cpu_step_ms": CPU_MS}
+    pairs = dict(zip(("cpu", "io"), _setups(args.quick), strict=True))
+    met = []
+    for key, heading, what, target in COMPARISONS:
+        print(f"{heading}:")
+        await compare(pairs[key], args.redis, loops, rounds)
+        met.append(report(pairs[key], what, target, args.quick))
     if args.quick:
         print("quick run: every result checked; speed not judged")
-    elif not (cpu_ok and io_ok):
+        return 0
+    if not all(met):
         print("some ratios are below their targets (see above)")
+    for path in write(meta, pairs):
+        print(f"wrote {path}")
     return 0
+
+
+async def _server_version(url: str) -> str:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        return str((await client.info("server"))["redis_version"])
+    finally:
+        await client.aclose()
+
+
+def figures(meta: dict[str, Any], pairs: dict[str, list[Setup]]) -> dict[str, Any]:
+    """A full run's figures, as written to workers.json."""
+    out: dict[str, Any] = {"meta": meta, "comparisons": []}
+    for key, heading, what, target in COMPARISONS:
+        setups = [
+            {
+                "label": s.label,
+                "workers": s.workers,
+                "concurrency": s.concurrency,
+                "runs_per_round": s.runs,
+                "client_in_flight": s.in_flight,
+                "runs_per_second": statistics.median(s.rates),
+                "rounds": s.rates,
+            }
+            for s in pairs[key]
+        ]
+        ratio = setups[1]["runs_per_second"] / setups[0]["runs_per_second"]
+        out["comparisons"].append(
+            {"key": key, "step": heading, "what": what, "ratio": ratio}
+            | {"target": target, "met": ratio >= target, "setups": setups}
+        )
+    return out
+
+
+def write(meta: dict[str, Any], pairs: dict[str, list[Setup]]) -> list[Path]:
+    """Write a full run's figures to workers.json and workers.md."""
+    return _workers_output.write(figures(meta, pairs))
 
 
 def main() -> None:

@@ -115,3 +115,58 @@ def test_the_worker_benchmark_judges_ratios_only_in_full_runs(
     assert "2 workers vs 1: 1.20×" in quick and "target" not in quick and "BELOW" not in quick
     assert not workers.report(pair, "2 workers vs 1", 1.6, quick=False)
     assert "1.20×  (target ≥ 1.6×)  BELOW TARGET" in capsys.readouterr().out
+
+
+def test_redis_rows_name_the_floor_of_each_ratio(benchmarks_on_path: None) -> None:
+    """W1 on Redis shows one ratio per floor, each named, and judges its target against the first."""
+    from benchmarks import _report
+    from benchmarks._workloads import workloads
+
+    cells = {
+        "redis_ping": {"redis-floor": {"rounds": [100e-6]}},
+        "redis_hop_script": {"redis-floor": {"rounds": [150e-6]}},
+        "redis_hop_multi": {"redis-floor": {"rounds": [300e-6]}},
+        "redis_w1": {"permflow-redis": {"rounds": [330e-6]}},
+    }
+    chosen = [w for w in workloads(quick=False) if w.key in cells]
+    rows = {r.workload: r for r in _report.rows({"results": cells, "meta": {"quick": False}}, chosen)}
+    w1 = next(r for label, r in rows.items() if label.startswith("W1 on Redis"))
+    assert w1.ratio == "2.20× 1-RTT script floor; 3.30× PING; 1.10× 2-RTT MULTI hop"
+    assert w1.target == "MISSED (≤2× 1-RTT script floor)"
+    floor = next(r for label, r in rows.items() if label.startswith("Redis floor, 1 round trip"))
+    assert floor.ratio == "1.50× PING"
+
+
+def test_a_mem_row_cut_by_the_time_limit_says_so(benchmarks_on_path: None) -> None:
+    """A MEM row whose system stopped at the time limit states how many invokes of how many it did."""
+    from benchmarks import _report
+    from benchmarks._workloads import workloads
+
+    cell = {"start_kib": 1024, "end_kib": 2048, "peak_kib": 2048, "invokes": 40_000, "count": 100_000}
+    mem = [w for w in workloads(quick=False) if w.mode == "mem"]
+    (row,) = _report.rows(
+        {"results": {}, "mem": {"x": cell | {"seconds": 600.0}}, "meta": {"quick": False}}, mem
+    )
+    assert row.note.startswith("only 40,000 of 100,000 invokes (time limit) in 600.0 s")
+    assert "+26.2 B/run" in row.ratio
+
+
+def test_a_full_worker_run_writes_its_figures(
+    benchmarks_on_path: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks.workers writes workers.md and workers.json with the ratios, date and machine."""
+    from benchmarks import _machine, _workers_output, workers
+
+    monkeypatch.setattr(_workers_output, "HERE", tmp_path)
+    cpu, io = workers._setups(quick=False)
+    for setup, rates in zip(
+        cpu + io, ([40.0, 42.0], [70.0, 72.0], [19.0, 19.0], [1000.0, 1020.0]), strict=True
+    ):
+        setup.rates = rates
+    meta = _machine.describe() | {"redis": "7.0", "rounds": 2, "cpu_step_loops": 1000, "cpu_step_ms": 20.0}
+    workers.write(meta, {"cpu": cpu, "io": io})
+    text = (tmp_path / "workers.md").read_text()
+    assert meta["date"] in text and _machine.summary(meta) in text
+    assert "1.73× (2 workers vs 1) | met (≥ 1.6×)" in text
+    assert "53.16× (concurrency 100 vs 1) | met (≥ 50×)" in text
+    assert '"ratio"' in (tmp_path / "workers.json").read_text()

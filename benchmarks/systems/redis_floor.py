@@ -1,9 +1,19 @@
-"""The Redis floor: the commands one hop needs, done by hand with redis-py asyncio.
+"""Redis floors: the commands one hop needs, done by hand with redis-py asyncio.
 
-A hop reads one message of a stream through a consumer group (XREADGROUP),
-then acks it and appends the result to the next stream in one pipeline
-(XACK + XADD, MULTI/EXEC). That is two round trips, the least a hop with
-at-least-once delivery can cost; permflow on Redis is compared with it.
+A hop acks the message it was handed, appends its result to the next stream
+and takes the next message through a consumer group (at-least-once delivery).
+Two ways of doing it by hand:
+
+* ``script_hop_chain`` — the least a hop can cost: one Lua script per hop
+  (``HOP``: XACK the delivered entry, XADD the next message, XREADGROUP the
+  next one), sent with EVALSHA: **one round trip** per hop, as permflow's own
+  commit does. A chain of n hops costs n + 1 round trips: the first call only
+  adds and reads the input, the last adds the output without reading it.
+* ``hop_chain`` — XREADGROUP, then XACK + XADD in one MULTI/EXEC pipeline:
+  **two round trips** per hop.
+
+``ping`` is the bare round trip: one PING. All of them go through redis-py's
+ordinary asyncio client, as any user of it would.
 """
 
 from __future__ import annotations
@@ -15,6 +25,18 @@ from ._redis_common import connect, delete_prefix, unique_prefix
 
 GROUP = "bench"
 CONSUMER = "c1"
+
+#: KEYS: the stream of the delivered entry, the next stream. ARGV: group,
+#: consumer, delivered entry id ('' for none), value to add, '1' to read the
+#: next entry (else the added one is returned as is). Returns {id, value}.
+HOP = """
+if ARGV[3] ~= '' then redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) end
+local id = redis.call('XADD', KEYS[2], '*', 'v', ARGV[4])
+if ARGV[5] ~= '1' then return {id, ARGV[4]} end
+local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[2], '>')
+local entry = got[1][2][1]
+return {entry[1], entry[2][2]}
+"""
 
 
 class System:
@@ -72,6 +94,22 @@ class System:
             return int(fields[b"v"])
 
         return Pipeline(run, lambda x: x + n, is_async=True, note="2 round trips per hop")
+
+    async def script_hop_chain(self, n: int) -> Pipeline:
+        """One input through ``n`` hops, one EVALSHA (one round trip) per hop."""
+        hop = self.client.register_script(HOP)
+        streams = await self._streams_with_groups(n)
+
+        async def run(x: int) -> int:
+            entry_id, value = await hop(keys=[streams[0], streams[0]], args=[GROUP, CONSUMER, "", x, 1])
+            for k in range(n):
+                last = k == n - 1
+                args = [GROUP, CONSUMER, entry_id, int(value) + 1, 0 if last else 1]
+                entry_id, value = await hop(keys=[streams[k], streams[k + 1]], args=args)
+            return int(value)
+
+        note = f"{n + 1} round trips per {n} hops"
+        return Pipeline(run, lambda x: x + n, is_async=True, note=note)
 
     async def batch_hops(self, batch: int, hops: int) -> Pipeline:
         """One run: ``batch`` messages go through ``hops`` streams, a whole batch per hop."""
