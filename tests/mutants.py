@@ -206,6 +206,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "            if True:\n                waiting += [s for s in plan.joins if counts[s.name]]",
         "joins fire only when the run is otherwise idle, never while subscribers still have work",
         (CONFORMANCE, "tests/test_workers.py", "tests/test_worker_processes.py"),
+        quick=True,
     ),
     Mutant(
         "join_split_memory",
