@@ -375,6 +375,10 @@ def _run_pytest(copy: Path, args: list[str], timeout: float, log: Path) -> int |
                 _running.discard(process)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _kill(process: subprocess.Popen[bytes]) -> None:
     """Kill a pytest we started and what it started (its own session)."""
     try:
@@ -554,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(chosen)} mutant(s){' + the unmutated baseline' if not args.no_baseline else ''}, "
         f"{args.jobs} at a time, {sys.executable}"
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # a cancelled CI job cleans up like Ctrl-C
     started = time.monotonic()
     outcomes: list[Outcome] = []
     pool = ThreadPoolExecutor(max_workers=args.jobs)
@@ -573,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
             _stopping.set()
             for process in _running:
                 _kill(process)
-        raise
+        pool.shutdown(wait=True)
+        print("interrupted: the pytest runs it started were killed", file=sys.stderr)
+        return 130
     finally:
         pool.shutdown(wait=True)
 
