@@ -635,7 +635,8 @@ async def test_a_corrupt_state_id_is_quarantined_and_workers_live_on(redis_serve
 @pytest.mark.anyio
 async def test_a_message_that_crashes_its_worker_is_dead_lettered(redis_server: RedisServer) -> None:
     """A message whose step kills its worker is dead-lettered after max_deliveries; healthy runs finish."""
-    prefix, lease, poison = "faults-poison", 1.0, fault_app.POISON
+    # a lease of 2 s: on a loaded machine a live worker must not miss its renewals
+    prefix, lease, poison = "faults-poison", 2.0, fault_app.POISON
     exits: list[tuple[str, int]] = []
     outcomes = Outcomes()
     async with worker_pool(redis_server.url, prefix, lease=lease) as pool:
@@ -661,6 +662,10 @@ async def test_a_message_that_crashes_its_worker_is_dead_lettered(redis_server: 
                     with anyio.move_on_after(75):
                         await outcomes.wait_for([poison, *range(1, 10)])
                     tg.cancel_scope.cancel()  # the supervisors, and runs that hang
+                # the client hears of the dead letter just before its commit lands: wait for it
+                with anyio.move_on_after(10):
+                    while "__error__" not in [m.topic for m in await client.apeek(f"run-{poison}")]:
+                        await client.connection.wait_for_change(f"run-{poison}", 0.5)
                 stored = await client.apeek(f"run-{poison}")
         finally:
             await client.connection.aclose()
@@ -671,7 +676,9 @@ async def test_a_message_that_crashes_its_worker_is_dead_lettered(redis_server: 
         summary[x] == [fault_app.expected(x)] for x in range(1, 10)
     ), f"outcomes {summary}, poison run: {poisoned!r}\n{pool.tails()}"
     assert [m.topic for m in stored].count("__error__") == 1, pairs(stored)
-    assert 1 <= len(exits) <= 3 and all(code == 1 for _, code in exits), exits
+    # max_deliveries=3 crashes, unless a worker too slow to renew lost the poison to the other
+    # worker mid-step (both then crash on one charge): a few more, never unbounded
+    assert 1 <= len(exits) <= 6 and all(code == 1 for _, code in exits), exits
 
 
 # -- ACL users -----------------------------------------------------------------------------

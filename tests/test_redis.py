@@ -555,6 +555,36 @@ async def test_a_suspect_beside_fresh_work_at_max_concurrency_one_does_not_deadl
     assert sorted(seen) == ["fresh", "held by a ghost"]
 
 
+async def test_a_live_driver_keeps_its_delivery_past_the_lease(redis_url: str, redis_prefix: str) -> None:
+    """A step running twice the lease is not taken over by a second driver: renewal keeps it."""
+    calls: list[int] = []
+    second_tried = anyio.Event()
+
+    async def slow(x: int) -> int:
+        calls.append(x)
+        await second_tried.wait()
+        return x
+
+    async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=0.5) as short:
+        pubsub = PubSub(Topic.IN.subscribe() | slow | Topic.OUT.publish(), connection=short)
+        outs: list[Any] = []
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+
+                async def first() -> None:
+                    outs.extend(await pubsub.ainvoke(1, {"state_id": "kept"}))
+
+                tg.start_soon(first)
+                while not calls:
+                    await short.wait_for_change("kept", 0.1)
+                for _ in range(4):  # a second driver keeps trying for two leases
+                    await short.wait_for_change("kept", 0.25)
+                    (name,) = pubsub.process_names
+                    assert await short.fetch("kept", name, owner="intruder") == []
+                second_tried.set()
+        assert outs == [1] and calls == [1]
+
+
 async def test_two_concurrent_resumers_store_outputs_once(
     redis_url: str, redis_prefix: str, conn: RedisPubSubConnection
 ) -> None:

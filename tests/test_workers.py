@@ -427,3 +427,18 @@ async def test_heartbeats_say_which_workers_are_alive() -> None:
         async with running(worker):
             assert await conn.live_workers(1.0) == ["w1"]
     assert await conn.live_workers(1.0) == []
+
+
+async def test_a_stopped_runs_commits_are_refused_until_it_starts_again() -> None:
+    """After request_stop the in-memory store refuses the run's commits; a new register clears the stop."""
+    from permflow import Message, Subscription
+
+    conn = InMemoryPubSubConnection()
+    await conn.register("s", [Subscription("p", "a")])
+    await conn.publish("s", [Message("a", 1, "s", 0.0)])
+    (delivery,) = await conn.fetch("s", "p", owner="o")
+    await conn.request_stop("s")
+    assert await conn.commit(delivery, [Message("b", 2, "s", 0.0)], owner="o") is None
+    assert [m.topic for m in await conn.apeek("s")] == ["a"]
+    await conn.register("s", [Subscription("p", "a")])
+    assert await conn.commit(delivery, [Message("b", 2, "s", 0.0)], owner="o") is not None

@@ -98,6 +98,20 @@ class ProtocolSuite:
             got = await connection.fetch("s", "p", owner="o2")
         assert [(d.messages[0].value, d.attempt) for d in got] == [(1, 2), (2, 1)]
 
+    async def test_release_hands_back_only_that_owners_deliveries(self, connection: PubSubConnection) -> None:
+        """Releasing one owner leaves another owner's delivery held: its commit still counts."""
+        with anyio.fail_after(BACKSTOP):
+            await connection.register("r", [Subscription("p", "a")])
+            await connection.publish("r", [_message("a", 1, "r")])
+            (first,) = await connection.fetch("r", "p", owner="o1", limit=1)
+            await connection.publish("r", [_message("a", 2, "r")])
+            (second,) = await connection.fetch("r", "p", owner="o2", limit=1)
+            await connection.release("r", "o1")
+            again = await connection.fetch("r", "p", owner="o3")
+            assert [m.value for d in again for m in d.messages] == [1]
+            assert await connection.commit(second, [_message("b", 2, "r")], owner="o2") is not None
+            assert await connection.commit(first, [_message("b", 1, "r")], owner="o1") is None
+
     async def test_join_gets_everything_in_one_delivery(self, connection: PubSubConnection) -> None:
         """A join process gets all not-yet-joined messages of its topic as one delivery."""
         with anyio.fail_after(BACKSTOP):
