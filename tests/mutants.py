@@ -88,7 +88,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "ctx.rollback(mark)",
         "ctx.rollback(0)",
         "a failed attempt of a retried step discards only its own publishes, not the chain's earlier ones",
-        ("tests/test_runnable.py", "tests/test_observability.py", "tests/test_errors.py"),
+        ("tests/test_retry.py", "tests/test_runnable.py", "tests/test_errors.py"),
     ),
     Mutant(
         "backoff_flat",
@@ -96,7 +96,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "self.initial_wait * 2.0 ** (attempt - 1)",
         "self.initial_wait",
         "retry waits grow exponentially (initial_wait, 2x, 4x ...)",
-        ("tests/test_runnable.py", "tests/test_observability.py"),
+        ("tests/test_retry.py", "tests/test_runnable.py", "tests/test_observability.py"),
     ),
     Mutant(
         "backoff_uncapped",
@@ -110,7 +110,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "            wait += random.uniform(0, wait)\n"
         "        return wait",
         "no retry wait exceeds max_wait, jitter included",
-        ("tests/test_runnable.py", "tests/test_observability.py"),
+        ("tests/test_retry.py", "tests/test_runnable.py", "tests/test_observability.py"),
     ),
     # -- exactly-once commits ---------------------------------------------------------
     Mutant(
