@@ -9,6 +9,7 @@ user's own frames and one line saying which process failed on what.
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 __all__ = ["add_note", "mark_step_error", "trim_traceback"]
@@ -26,10 +27,8 @@ def add_note(exc: BaseException, note: str) -> None:
 
 def mark_step_error(exc: BaseException) -> None:
     """Note that ``exc`` was raised by a user's step (its traceback may be trimmed)."""
-    try:
+    with contextlib.suppress(AttributeError):  # a type that takes no attributes: left whole
         setattr(exc, _MARK, True)
-    except AttributeError:  # an exception type that takes no attributes: left whole
-        pass
 
 
 def trim_traceback(exc: BaseException) -> None:

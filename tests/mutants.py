@@ -27,6 +27,7 @@ name does not start with ``test_``); standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -381,10 +382,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
     """Kill a pytest we started and what it started (its own session)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _output_since(log: Path, offset: int) -> str:

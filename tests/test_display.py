@@ -220,8 +220,7 @@ async def test_async_stream_repr_follows_the_run() -> None:
     )
     failing = PubSub(Topic.IN.subscribe() | (lambda x: 1 / 0) | Topic.OUT.publish()).astream(1)
     with pytest.raises(ZeroDivisionError):
-        async for _ in failing:
-            pass
+        _ = [message async for message in failing]
     assert "(failed: ZeroDivisionError, 1 message read)" in repr(failing)
 
 

@@ -443,7 +443,7 @@ def test_a_socket_timeout_turns_a_frozen_server_into_a_connection_error(redis_se
 
 
 class StepFailed(Exception):
-    pass
+    """The failure the step of the resume test raises after dropping the connections."""
 
 
 @pytest.mark.anyio

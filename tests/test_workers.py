@@ -113,7 +113,7 @@ async def test_a_builtin_exception_on_a_worker_is_raised_as_itself_in_the_client
 
 
 class QuotaExceeded(Exception):
-    pass
+    """An exception type a client cannot rebuild (not a builtin)."""
 
 
 async def test_a_custom_exception_on_a_worker_is_raised_as_worker_run_error() -> None:
