@@ -5,13 +5,22 @@ from __future__ import annotations
 import html
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 import pytest
 
 from permflow import PubSubConnection
+
+
+async def each_line(stream: AsyncIterable[bytes]) -> AsyncIterator[list[str]]:
+    """The lines of a byte stream (a subprocess's stderr) as they arrive, a chunk's worth at a time."""
+    pending = b""
+    async for chunk in stream:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield [raw.decode(errors="replace") for raw in complete]
 
 
 def call_with_deadline(func: Callable[[], Any], seconds: float = 20) -> Any:

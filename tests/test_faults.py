@@ -24,7 +24,7 @@ import anyio.abc
 import anyio.to_thread
 import fault_app
 import pytest
-from helpers import call_with_deadline
+from helpers import call_with_deadline, each_line
 from redis_servers import CuttingProxy, RedisServer
 
 from permflow import (
@@ -140,13 +140,9 @@ class WorkerProcess:
 
     async def read_logs(self) -> None:
         assert self.process.stderr is not None
-        pending = b""
         try:
-            async for chunk in self.process.stderr:
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                for raw in complete:
-                    line = raw.decode(errors="replace")
+            async for lines in each_line(self.process.stderr):
+                for line in lines:
                     self.lines.append(line)
                     if f"worker {self.name} started" in line:
                         self.started.set()

@@ -491,16 +491,22 @@ async def test_a_failing_step_fails_invoke_with_its_own_error(conn: RedisPubSubC
     assert await conn.outstanding("fails", pubsub.process_names) == {pubsub.process_names[0]: 1}
 
 
-async def test_poison_counts_survive_crashed_owners(
-    conn: RedisPubSubConnection, raw: Any, redis_prefix: str
-) -> None:
-    """Owners that died while running a delivery's step count as attempts, so the engine dead-letters it."""
+async def echo_with_one_input(conn: RedisPubSubConnection, value: str) -> tuple[PubSub, str]:
+    """IN → OUT with max_deliveries=2, and ``value`` stored on IN of state id "s"; (pubsub, process)."""
     pubsub = PubSub(
         Topic.IN.subscribe() | (lambda x: x) | Topic.OUT.publish(), connection=conn, max_deliveries=2
     )
     (name,) = pubsub.process_names
     await conn.register("s", [Subscription(name, "__in__")])
-    await conn.publish("s", [msg("__in__", "poison")])
+    await conn.publish("s", [msg("__in__", value)])
+    return pubsub, name
+
+
+async def test_poison_counts_survive_crashed_owners(
+    conn: RedisPubSubConnection, raw: Any, redis_prefix: str
+) -> None:
+    """Owners that died while running a delivery's step count as attempts, so the engine dead-letters it."""
+    pubsub, name = await echo_with_one_input(conn, "poison")
     (first,) = await conn.fetch("s", name, owner="dead-1")  # its step started, then the owner died
     assert (first.attempt, first.suspect) == (1, False)
     await age(raw, redis_prefix, "s", "__in__", name, 60)
@@ -517,12 +523,7 @@ async def test_owners_that_died_before_the_step_charge_nothing(
     conn: RedisPubSubConnection, raw: Any, redis_prefix: str
 ) -> None:
     """A delivery whose owners died holding it, but never started its step as a suspect, is not charged."""
-    pubsub = PubSub(
-        Topic.IN.subscribe() | (lambda x: x) | Topic.OUT.publish(), connection=conn, max_deliveries=2
-    )
-    (name,) = pubsub.process_names
-    await conn.register("s", [Subscription(name, "__in__")])
-    await conn.publish("s", [msg("__in__", "healthy")])
+    pubsub, name = await echo_with_one_input(conn, "healthy")
     for crashed in ("dead-1", "dead-2", "dead-3", "dead-4"):
         (held,) = await conn.fetch("s", name, owner=crashed)
         assert held.attempt == 2 if crashed != "dead-1" else held.attempt == 1

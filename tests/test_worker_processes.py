@@ -23,6 +23,7 @@ import anyio.abc
 import pytest
 import redis.asyncio
 import worker_app
+from helpers import each_line
 
 from permflow import PubSub
 
@@ -63,12 +64,8 @@ class WorkerProcess:
 
     async def read_logs(self) -> None:
         assert self.process.stderr is not None
-        pending = b""
-        async for chunk in self.process.stderr:
-            pending += chunk
-            *complete, pending = pending.split(b"\n")
-            for raw in complete:
-                line = raw.decode(errors="replace")
+        async for lines in each_line(self.process.stderr):
+            for line in lines:
                 self.lines.append(line)
                 if f"worker {self.name} started" in line:
                     self.started.set()

@@ -212,7 +212,9 @@ class Bound:
             # redis-py closed the socket on the way out: a half-read reply never
             # reaches the next call. The connection object goes back to the pool,
             # even from a cancelled caller (or the pool would shrink for good).
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True) as scope:
+                # no network wait here (the socket is already closed), bounded all the same
+                scope.deadline = anyio.current_time() + 1.0
                 await pool.release(connection)
             raise
         if keep:

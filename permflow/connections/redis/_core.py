@@ -29,7 +29,7 @@ from ._failures import convert
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["RedisCore"]
+__all__ = ["RedisCore", "forget"]
 
 _FOREVER_MS = 2**62
 #: Seconds a call waits for Redis to answer (or to accept a connection) before
@@ -45,13 +45,24 @@ def _pool_defaults() -> dict[str, Any]:
 
     return {
         "max_connections": 100,
-        "timeout": None,  # wait for a pooled connection as long as it takes
+        # wait for a pooled connection as long as it takes: each holder gives it back
+        # within socket_timeout, so this wait is bounded too
+        "timeout": None,
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": SOCKET_TIMEOUT,
         "socket_keepalive": True,
         # a dropped connection: once more on a fresh one; a silent server: never
         "retry": Retry(NoBackoff(), 1, supported_errors=(Dropped,)),
     }
+
+
+def forget(sets: dict[str, set[str]], key: str, item: str) -> None:
+    """Remove ``item`` from ``sets[key]``, and the key once its set is empty."""
+    left = sets.get(key)
+    if left is not None:
+        left.discard(item)
+        if not left:
+            del sets[key]
 
 
 class RedisCore(PubSubConnection):

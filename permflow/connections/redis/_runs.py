@@ -19,7 +19,7 @@ from .._base import Subscription
 from . import _codec as codec
 from . import _scripts as lua
 from ._client import Bound
-from ._core import RedisCore
+from ._core import RedisCore, forget
 
 __all__ = ["RedisRuns"]
 
@@ -200,11 +200,7 @@ class RedisRuns(RedisCore):
                 self._unreleased.setdefault(state_id, set()).add(owner)
             raise
         with self._lock:
-            left = self._unreleased.get(state_id)
-            if left is not None:
-                left.discard(owner)
-                if not left:
-                    del self._unreleased[state_id]
+            forget(self._unreleased, state_id, owner)
 
     async def _release_left(self, state_id: str) -> None:
         """Hand back what earlier runs of ``state_id`` here failed to."""

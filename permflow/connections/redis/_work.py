@@ -20,7 +20,7 @@ from ..._message import Message
 from ..._serialization import CorruptEntryError
 from .._base import Claim, Progress
 from . import _codec as codec
-from ._core import RedisCore
+from ._core import RedisCore, forget
 from ._runs import _seen
 
 __all__ = ["RedisWork"]
@@ -96,11 +96,7 @@ class RedisWork(RedisCore):
     async def finish(self, claim: Claim, *, hand_back: bool = False) -> None:
         worker, entry_id = cast(tuple[str, str], claim.handle)
         with self._lock:
-            held = self._held.get(worker)
-            if held is not None:
-                held.discard(entry_id)
-                if not held:
-                    del self._held[worker]
+            forget(self._held, worker, entry_id)
         bound = await self._ready()
         with self._failures(f"finishing the claim of worker {worker!r} on state id {claim.state_id!r}"):
             await bound.run("FINISH", [self._work_key()], [_GROUP, worker, entry_id, int(hand_back)])
