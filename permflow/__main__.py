@@ -90,7 +90,10 @@ def _worker(args: argparse.Namespace) -> int:
             except Exception as exc:  # raised as itself below, not inside an exception group
                 failure = exc
             tg.cancel_scope.cancel()
-        await pubsub.connection.aclose()
+        try:
+            await pubsub.aclose()  # the resources and process pool its steps opened
+        finally:
+            await pubsub.connection.aclose()
         if failure is not None:
             raise failure
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+if TYPE_CHECKING:
+    from ._services import Services
 
 __all__ = ["RUN_KEY", "StepContext", "step_context"]
 
@@ -14,17 +17,19 @@ RUN_KEY = "__permflow_run__"
 
 
 class StepContext:
-    """Per-delivery state: messages published so far and the thread limiter.
+    """Per-delivery state: messages published so far, the thread limiter, and
+    what the PubSub lends its steps (``services``; None in bare tests).
 
     Publishes are buffered here and stored by the engine only when the whole
     chain has finished, together with the ack of the delivery.
     """
 
-    __slots__ = ("limiter", "outbox")
+    __slots__ = ("limiter", "outbox", "services")
 
-    def __init__(self, limiter: anyio.CapacityLimiter | None) -> None:
+    def __init__(self, limiter: anyio.CapacityLimiter | None, services: Services | None = None) -> None:
         self.outbox: list[tuple[str, Any]] = []
         self.limiter = limiter
+        self.services = services
 
     def publish(self, topic: str, value: Any) -> None:
         self.outbox.append((topic, value))

@@ -37,6 +37,7 @@ from ._tracebacks import add_note, mark_step_error
 
 if TYPE_CHECKING:
     from ._plan import Plan, Step
+    from ._services import Services
     from .connections._base import PubSubConnection
 
 __all__ = ["Capacity", "Run", "Settings"]
@@ -98,9 +99,11 @@ class Run:
         settings: Settings,
         emit: Callable[[Message], None],
         capacity: Capacity | None = None,
+        services: Services | None = None,
     ) -> None:
         self.plan = plan
         self.conn = connection
+        self.services = services
         self.state_id = state_id
         self.settings = settings
         self.emit = emit
@@ -381,7 +384,7 @@ class Run:
         if step.on_cycle:
             trail = (*trail, check_repeat(step.name, source, trail))
         value = [m.value for m in messages] if step.join else source.value
-        ctx = StepContext(self._threads)
+        ctx = StepContext(self._threads, self.services)
         try:
             if self._plain:
                 await step.process.ainvoke(value, {RUN_KEY: ctx})

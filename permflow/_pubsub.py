@@ -8,6 +8,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
 from typing import Any, TypeVar, final
 
 import anyio
@@ -22,6 +23,7 @@ from ._portal import run_sync
 from ._process import Process
 from ._remote import RemoteRun
 from ._runnable import Config, Runnable
+from ._services import Services
 from ._stream import MessageStream, SyncMessageStream
 from ._topic import IN_NAME, OUT_NAME, Topic
 from ._tracebacks import trim_traceback
@@ -67,6 +69,8 @@ class PubSub(Runnable):
         if connection is not None and not isinstance(connection, PubSubConnection):
             raise ConfigError(f"connection must be a PubSubConnection, got {connection!r}")
         self.connection = connection if connection is not None else InMemoryPubSubConnection()
+        #: What this PubSub lends its steps and closes with ``close()``/``aclose()``.
+        self.services = Services(self.connection)
         #: Topics fed from outside this PubSub (a human's answer, another PubSub on
         #: the same state id): reading them is not a wiring mistake.
         self.inputs: tuple[str, ...] = _topic_names(inputs)
@@ -104,6 +108,7 @@ class PubSub(Runnable):
             raise ConfigError(f"connection must be a PubSubConnection, got {connection!r}")
         clone = copy.copy(self)
         clone.connection = connection
+        clone.services = self.services.with_connection(connection)
         return clone
 
     def with_workers(self) -> PubSub:
@@ -123,10 +128,41 @@ class PubSub(Runnable):
     def _run(
         self, state_id: str, settings: Settings, emit: Callable[[Message], None], *, resumable: bool = True
     ) -> Run | RemoteRun:
-        kind = RemoteRun if self._on_workers else Run
-        run = kind(self._plan, self.connection, state_id, settings, emit)
+        run: Run | RemoteRun
+        if self._on_workers:  # no step runs here
+            run = RemoteRun(self._plan, self.connection, state_id, settings, emit)
+        else:
+            run = Run(self._plan, self.connection, state_id, settings, emit, services=self.services)
         run.resumable = resumable
         return run
+
+    # -- lifetime ----------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close what this PubSub opened for its steps (shared resources, the
+        process pool). The connection is not closed: it belongs to whoever
+        passed it in. A closed PubSub can run again; it opens them anew."""
+        await self.services.aclose()
+
+    def close(self) -> None:
+        """Sync twin of ``aclose``."""
+        run_sync(self.aclose)
+
+    def __enter__(self) -> PubSub:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> PubSub:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
     # -- async API: the real one --------------------------------------------
 

@@ -256,7 +256,8 @@ class Worker:
 
     async def _run(self, sid: str, counts: dict[str, int], capacity: Capacity) -> None:
         """Drive ``sid`` to idle; a failed run is marked failed for its client."""
-        run = Run(self.pubsub._plan, self.connection, sid, self.pubsub.settings, _ignore, capacity)
+        pubsub = self.pubsub
+        run = Run(pubsub._plan, self.connection, sid, pubsub.settings, _ignore, capacity, pubsub.services)
         with anyio.CancelScope() as scope:
             self._runs[run] = scope
             try:

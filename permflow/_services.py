@@ -1,0 +1,48 @@
+"""What a PubSub lends its steps besides their input, and closes with it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .connections._base import PubSubConnection
+
+__all__ = ["Services"]
+
+Closer = Callable[[], Awaitable[None]]
+
+
+class Services:
+    """Lent to every step of a PubSub's runs through its ``StepContext``.
+
+    It holds the connection the run stores into, and whatever a PubSub opens
+    for its steps and must close again (``on_close``). ``aclose`` runs the
+    closers in reverse order of registration; it never closes the connection,
+    which belongs to whoever passed it in.
+    """
+
+    def __init__(self, connection: PubSubConnection) -> None:
+        self.connection = connection
+        self._closers: list[Closer] = []
+
+    def on_close(self, closer: Closer) -> None:
+        """Have ``aclose`` call ``closer`` (last registered, first called)."""
+        self._closers.append(closer)
+
+    def with_connection(self, connection: PubSubConnection) -> Services:
+        """Services for the same PubSub over another connection: the same
+        settings, nothing opened yet."""
+        return Services(connection)
+
+    async def aclose(self) -> None:
+        """Close everything opened for steps; the first error is raised after
+        every closer has run."""
+        failure: BaseException | None = None
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
