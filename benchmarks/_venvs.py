@@ -19,6 +19,10 @@ VENVS = HERE / ".venvs"
 ENVIRONMENTS: dict[str, tuple[str, tuple[int, int]]] = {
     "peers": ("requirements-peers.txt", (3, 99)),
     "permchain": ("requirements-permchain.txt", (3, 12)),
+    # the job queues of benchmarks.queues: one environment each (their redis-py pins differ)
+    "celery": ("requirements-celery.txt", (3, 99)),
+    "dramatiq": ("requirements-dramatiq.txt", (3, 99)),
+    "arq": ("requirements-arq.txt", (3, 99)),
 }
 
 

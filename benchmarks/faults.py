@@ -56,7 +56,7 @@ slow = PubSub(
 class Server:
     """A redis-server of this benchmark's own on a free port, stopped by pid."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, persistent: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("benchmarks.faults needs redis-server on PATH")
@@ -65,7 +65,10 @@ class Server:
             self.port = sock.getsockname()[1]
         self.dir = tempfile.mkdtemp(prefix="permflow-bench-faults-")
         self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        self.command += ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir]
+        if persistent:  # stored runs survive restarts
+            self.command += ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir]
+        else:
+            self.command += ["--appendonly", "no", "--dir", self.dir]
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
