@@ -279,7 +279,7 @@ class Run:
 
     async def _fetch(self, step: Step, passed: Delivery | None = None) -> list[Delivery]:
         """Deliveries of ``step`` for this run, as many as a worker can start.
-        ``passed``: a delivery of ``step`` its predicate let pass, acked in the
+        ``passed``: a delivery of ``step`` its predicate rejected, acked in the
         same call (and so in the same round trip where the store allows)."""
         self._fetched = True
         capacity = self._capacity

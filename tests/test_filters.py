@@ -134,6 +134,9 @@ def test_graph_marks_filtered_edges() -> None:
     svg = graph._repr_mimebundle_()["text/html"]
     assert ">when</text>" in svg and ">join when</text>" in svg
     assert "when: a filtered subscription" in svg
+    described = repr(pubsub).splitlines()
+    assert "  'evens' reads 'numbers' (filtered by when=), writes '__out__'" in described
+    assert "  'all' reads 'numbers', writes '__out__'" in described
 
 
 def test_an_unfiltered_graph_has_no_when() -> None:

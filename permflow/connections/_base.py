@@ -97,7 +97,7 @@ class PubSubConnection(ABC):
     async def ack_and_fetch(
         self, delivery: Delivery, *, owner: str, limit: int | None = None
     ) -> list[Delivery] | None:
-        """Ack ``delivery`` with no outputs (its process let it pass: a filtered
+        """Ack ``delivery`` with no outputs (its process rejected it: a filtered
         subscription), then ``fetch`` the process's next deliveries for
         ``owner`` (``limit`` as for ``fetch``). Returns None, acking and
         fetching nothing, if ``owner`` no longer holds the delivery (as

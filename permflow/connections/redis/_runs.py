@@ -1,4 +1,4 @@
-"""The run protocol of the Redis connection: register, publish, fetch, commit,
+"""The run protocol of the Redis connection: register, publish, fetch, commit, ack_and_fetch,
 release, renew, outstanding, peek, wait for change, delete.
 
 Each state change is one script (``_scripts``). A commit also fetches,

@@ -226,7 +226,7 @@ end
 
 # KEYS[6]: the stop mark, KEYS[7]: the topic stream. ARGV[5..]: process, topic,
 # owner, first id, last id, n, ids..., lease_ms, limit (0 = none), released
-# consumer. A delivery its process's predicate let pass: acked with no outputs,
+# consumer. A delivery its process's predicate rejected: acked with no outputs,
 # then the process fetched for owner, in one round trip. Returns false if owner
 # lost the delivery or the run was stopped, else the fetch reply.
 ACK_FETCH = PRELUDE + FETCH_LIB + _ACK_FETCH_LIB + "return ack_fetch(false)"
