@@ -46,13 +46,14 @@ class _Pending:
 class _Group:
     """One process's view of its topic: a cursor and what is in flight."""
 
-    __slots__ = ("cursor", "join", "pending", "topic")
+    __slots__ = ("cursor", "free", "join", "pending", "topic")
 
     def __init__(self, topic: str, join: bool) -> None:
         self.topic = topic
         self.join = join
         self.cursor = 0
         self.pending: dict[int, _Pending] = {}
+        self.free = 0  # pending entries nobody holds (released): a fetch scans only if any
 
 
 class _State:
@@ -151,11 +152,13 @@ class InMemoryPubSubConnection(PubSubConnection):
         group = state.groups[process]
         messages = state.topics.get(group.topic, ())
         positions: list[int] = []
-        for position, pending in group.pending.items():
-            if pending.owner is None:
-                pending.owner = owner
-                pending.attempts += 1
-                positions.append(position)
+        if group.free:
+            for position, pending in group.pending.items():
+                if pending.owner is None:
+                    pending.owner = owner
+                    pending.attempts += 1
+                    positions.append(position)
+            group.free = 0
         while group.cursor < len(messages):
             group.pending[group.cursor] = _Pending(owner, 1)
             positions.append(group.cursor)
@@ -169,6 +172,7 @@ class InMemoryPubSubConnection(PubSubConnection):
         if limit is not None and len(positions) > limit:
             for p in positions[limit:]:
                 group.pending[p].owner = None
+                group.free += 1
                 group.pending[p].attempts -= 1
             positions = positions[:limit]
         return [
@@ -222,6 +226,7 @@ class InMemoryPubSubConnection(PubSubConnection):
                 for entry in group.pending.values():
                     if entry.owner == owner:
                         entry.owner = None
+                        group.free += 1
             self._notify(state)
 
     async def outstanding(self, state_id: str, processes: Sequence[str]) -> dict[str, int]:
