@@ -33,6 +33,7 @@ def _graph(args: argparse.Namespace) -> int:
                         name: {
                             "reads": graph.reads[name],
                             "join": name in graph.joins,
+                            "when": name in graph.filtered,
                             "writes": list(graph.writes[name]),
                         }
                         for name in graph.reads

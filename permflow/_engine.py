@@ -29,6 +29,7 @@ from anyio.lowlevel import checkpoint
 
 from ._context import RUN_KEY, StepContext
 from ._errors import ConnectionFailedError, PermflowError, PoisonMessageError, RunTimeoutError
+from ._filter import select
 from ._gate import Gate
 from ._lineage import check_repeat, depth_exceeded
 from ._message import Delivery, Message
@@ -276,16 +277,29 @@ class Run:
             if not ready and not self._active:
                 await conn.wait_for_change(sid, self.settings.poll_interval)
 
-    async def _fetch(self, step: Step) -> list[Delivery]:
+    async def _fetch(self, step: Step, passed: Delivery | None = None) -> list[Delivery]:
+        """Deliveries of ``step`` for this run, as many as a worker can start.
+        ``passed``: a delivery of ``step`` its predicate rejected, acked in the
+        same call (and so in the same round trip where the store allows)."""
         self._fetched = True
         capacity = self._capacity
-        if capacity is None:
-            deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner)
-            self._held += len(deliveries)
-            return deliveries
-        limit = max(1, int(capacity.limiter.available_tokens))
-        deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner, limit=limit)
+        limit = None if capacity is None else max(1, int(capacity.limiter.available_tokens))
+        if passed is None:
+            deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner, limit=limit)
+        else:
+            fetched = await self.conn.ack_and_fetch(passed, owner=self.owner, limit=limit)
+            self._held -= 1
+            if fetched is None:
+                _log.info(
+                    "ack of %r refused: another driver of state id %r holds that delivery now",
+                    step.name,
+                    self.state_id,
+                )
+                return []
+            deliveries = fetched
         self._held += len(deliveries)
+        if capacity is None or limit is None:
+            return deliveries
         if len(deliveries) >= limit and not step.join:
             # capped: is more waiting? (a single delivery at one free slot is the usual case)
             waiting = await self.conn.outstanding(self.state_id, [step.name])
@@ -378,8 +392,22 @@ class Run:
     async def _run_step(
         self, step: Step, delivery: Delivery, source: Message, *, entered: bool = False
     ) -> list[tuple[Step, Delivery]]:
-        settings = self.settings
         messages = delivery.messages
+        if step.when is not None:
+            # inline, before any slot, thread, span or step: a rejected message costs one call
+            try:
+                kept = select(step.when, messages)
+            except Exception as exc:
+                value = [m.value for m in messages] if step.join else source.value
+                outbox = self._failed(step, delivery, source, value, exc)
+                return await self._publish(step, delivery, source, source.trail, outbox)
+            if not kept:
+                if step.join:  # a join fetches at idle only
+                    return await self._commit(step, delivery, [])
+                return [(step, d) for d in await self._fetch(step, passed=delivery)]
+            if len(kept) < len(messages):  # a join joins the matching ones only
+                messages = tuple(kept)
+                source = max(messages, key=_depth)
         trail = source.trail
         if step.on_cycle:
             trail = (*trail, check_repeat(step.name, source, trail))
@@ -391,32 +419,49 @@ class Run:
             else:
                 await self._invoke_guarded(step, value, ctx, source, entered)
         except Exception as exc:
-            _log.info(
-                "process %r failed on a message of topic %r (state id %r): %r",
-                step.name,
-                source.topic,
-                self.state_id,
-                exc,
-            )
-            if self.plan.handles_errors and source.topic != ERROR_NAME:
-                record = _error_record(step.name, source.topic, value, exc, delivery.attempt)
-                ctx.outbox[:] = [(ERROR_NAME, record)]
-            else:
-                if self.failed_at is None:
-                    self.failed_at = (step.name, source.topic)
-                add_note(
-                    exc,
-                    f"permflow: process {step.name!r} failed on topic {source.topic!r} "
-                    f"(message id {source.id}, state id {self.state_id!r})",
-                )
-                mark_step_error(exc)  # the user's frames tell the story: trimmed at the API
-                raise
-        if not ctx.outbox:
+            ctx.outbox[:] = self._failed(step, delivery, source, value, exc)
+        return await self._publish(step, delivery, source, trail, ctx.outbox)
+
+    def _failed(
+        self, step: Step, delivery: Delivery, source: Message, value: Any, exc: Exception
+    ) -> list[tuple[str, Any]]:
+        """What a process failing on a delivery publishes: a ``Topic.ERROR``
+        record when something handles errors; else ``exc`` is raised again."""
+        _log.info(
+            "process %r failed on a message of topic %r (state id %r): %r",
+            step.name,
+            source.topic,
+            self.state_id,
+            exc,
+        )
+        if self.plan.handles_errors and source.topic != ERROR_NAME:
+            return [(ERROR_NAME, _error_record(step.name, source.topic, value, exc, delivery.attempt))]
+        if self.failed_at is None:
+            self.failed_at = (step.name, source.topic)
+        add_note(
+            exc,
+            f"permflow: process {step.name!r} failed on topic {source.topic!r} "
+            f"(message id {source.id}, state id {self.state_id!r})",
+        )
+        mark_step_error(exc)  # the user's frames tell the story: trimmed at the API
+        raise exc
+
+    async def _publish(
+        self,
+        step: Step,
+        delivery: Delivery,
+        source: Message,
+        trail: tuple[Any, ...],
+        outbox: list[tuple[str, Any]],
+    ) -> list[tuple[Step, Delivery]]:
+        """Commit ``delivery`` with ``outbox`` (topic, value) as messages caused by ``source``."""
+        if not outbox:
             return await self._commit(step, delivery, [])
-        if source.depth >= settings.recursion_limit:
-            raise depth_exceeded(step.name, source, settings.recursion_limit, self.plan.cycles)
+        limit = self.settings.recursion_limit
+        if source.depth >= limit:
+            raise depth_exceeded(step.name, source, limit, self.plan.cycles)
         now, depth, sid = time.time(), source.depth + 1, self.state_id
-        outputs = [Message(t, v, sid, now, "", depth, trail) for t, v in ctx.outbox]
+        outputs = [Message(t, v, sid, now, "", depth, trail) for t, v in outbox]
         return await self._commit(step, delivery, outputs)
 
     async def _invoke_guarded(

@@ -20,8 +20,10 @@ class Graph:
     """Who reads and who writes each topic.
 
     ``reads[p]`` is the topic process ``p`` subscribes to (or joins);
-    ``writes[p]`` the topics it may publish to (``"?"`` for a ``route``
-    without declared topics). ``cycles`` lists each elementary cycle as the
+    ``joins`` the processes that join it, ``filtered`` those whose
+    subscription has a predicate (``subscribe(when=...)``: they run for some
+    of its messages only); ``writes[p]`` the topics it may publish to
+    (``"?"`` for a ``route`` without declared topics). ``cycles`` lists each elementary cycle as the
     topics it runs through, in order. ``problems`` says what looks miswired
     (a topic nobody publishes to, no way to ``Topic.OUT``); each was also
     warned about with ``PermflowWarning`` when the PubSub was built.
@@ -32,17 +34,19 @@ class Graph:
     writes: dict[str, tuple[str, ...]]
     cycles: list[list[str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    filtered: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, processes: Sequence[Process], names: Sequence[str]) -> Graph:
         """The graph of ``processes`` under their final ``names`` (as ``PubSub.graph()``)."""
         reads = {name: p.topic.name for name, p in zip(names, processes, strict=True)}
         joins = frozenset(name for name, p in zip(names, processes, strict=True) if p.is_join)
+        filtered = frozenset(name for name, p in zip(names, processes, strict=True) if p.when is not None)
         writes = {
             name: tuple(dict.fromkeys(t if t is not None else DYNAMIC for t in p._publishes()))
             for name, p in zip(names, processes, strict=True)
         }
-        graph = cls(reads, joins, writes)
+        graph = cls(reads, joins, writes, filtered=filtered)
         graph.cycles.extend(graph._find_cycles())
         return graph
 
@@ -118,7 +122,10 @@ class Graph:
         for i, process in enumerate(self.reads):
             pid, topic = f"p{i}", self.reads[process]
             looped = any(self._edge_on_cycle(w, topic, on_cycle) for w in writers.get(topic, ()))
-            edges.append(Edge(topic_ids[topic], pid, looped and process in on_cycle, process in self.joins))
+            on = looped and process in on_cycle
+            edges.append(
+                Edge(topic_ids[topic], pid, on, process in self.joins, filtered=process in self.filtered)
+            )
             for target in self.writes[process]:
                 if target == DYNAMIC:
                     edges.append(Edge(pid, f"dyn{i}", dynamic=True))
@@ -130,7 +137,8 @@ class Graph:
     def to_mermaid(self) -> str:
         """Mermaid flowchart text: topics as stadiums, processes as boxes,
         edges that lie on a cycle drawn thick (``==>``), a join's edge
-        labelled ``join``. Labels are escaped with Mermaid's entity codes, so
+        labelled ``join``, a filtered subscription's edge ``when``
+        (``-- when -->``). Labels are escaped with Mermaid's entity codes, so
         any name (quotes, ``<lambda>``, ``#``, ``|``, brackets) draws as is."""
         lines = ["flowchart LR"]
         for i, topic in enumerate(self.topics):
@@ -140,6 +148,11 @@ class Graph:
             if DYNAMIC in self.writes[process]:
                 lines.append(f'  dyn{i}(["? (route)"])')
         for edge in self._edges():
+            if edge.filtered:
+                text = "join when" if edge.join else "when"
+                arrow = f"== {text} ==>" if edge.on_cycle else f"-- {text} -->"
+                lines.append(f"  {edge.source} {arrow} {edge.target}")
+                continue
             arrow = "-.->" if edge.dynamic else "==>" if edge.on_cycle else "-->"
             label = "|join|" if edge.join else ""
             lines.append(f"  {edge.source} {arrow}{label} {edge.target}")
@@ -174,6 +187,8 @@ class Edge(NamedTuple):
     join: bool = False
     #: To the topic an undeclared ``route`` picks at run time.
     dynamic: bool = False
+    #: A subscription with a predicate (``subscribe(when=...)``).
+    filtered: bool = False
 
 
 #: Characters a quoted Mermaid label cannot hold as they are, as Mermaid entity

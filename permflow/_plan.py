@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._errors import ConfigError, DefinitionError
+from ._filter import Predicate
 from ._graph import Graph
 from ._process import Process
 from ._topic import ERROR_NAME
@@ -23,6 +24,8 @@ class Step:
     process: Process
     join: bool
     on_cycle: bool
+    #: Filters the messages the process runs on (``subscribe(when=...)``).
+    when: Predicate | None = None
 
 
 def unique_names(processes: Sequence[Process]) -> list[str]:
@@ -59,7 +62,8 @@ class Plan:
         self.graph.problems.extend(find_problems(self.graph, inputs))
         on_cycle = self.graph.processes_on_cycles()
         self.steps = [
-            Step(name, p, p.is_join, name in on_cycle) for name, p in zip(names, processes, strict=True)
+            Step(name, p, p.is_join, name in on_cycle, p.when)
+            for name, p in zip(names, processes, strict=True)
         ]
         self.names = names
         self.cycles = self.graph.cycles

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any, final
 
 from ._errors import DefinitionError
+from ._filter import Predicate
 from ._runnable import Config, Runnable, RunnableSequence, coerce
 from ._topic import Head, Topic
 
@@ -46,6 +47,11 @@ class Process(Runnable):
         return self.head.join
 
     @property
+    def when(self) -> Predicate | None:
+        """The predicate filtering the messages it runs on (``subscribe(when=...)``)."""
+        return self.head.when
+
+    @property
     def has_explicit_name(self) -> bool:
         """Whether the name was given (``subscribe(name=...)``, ``with_name``)
         rather than derived from the steps."""
@@ -58,9 +64,8 @@ class Process(Runnable):
             return self._name
         if self._derived is not None:
             return self._derived
-        kind = "join" if self.head.join else "subscribe"
         steps = " | ".join(step.name for step in self.steps)
-        return f"{self.head.topic.name}.{kind} | {steps}"
+        return f"{self.head.topic.name}.{self.head.kind} | {steps}"
 
     def with_name(self, name: str) -> Process:
         """This chain under an explicit, stable name (used by stored state)."""

@@ -374,7 +374,8 @@ class PubSub(Runnable):
             targets = [
                 repr(t) if t != DYNAMIC else "a topic picked at run time" for t in graph.writes[process]
             ]
-            lines.append(f"  {process!r} {reads} {topic!r}, writes {', '.join(targets) or 'nothing'}")
+            some = " (filtered by when=)" if process in graph.filtered else ""
+            lines.append(f"  {process!r} {reads} {topic!r}{some}, writes {', '.join(targets) or 'nothing'}")
         return "\n".join(lines) + ">"
 
 

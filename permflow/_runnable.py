@@ -35,6 +35,7 @@ __all__ = [
     "RunnableLambda",
     "RunnableParallel",
     "RunnableSequence",
+    "callable_name",
     "coerce",
 ]
 
@@ -165,11 +166,7 @@ class RunnableLambda(Runnable):
     def name(self) -> str:
         """The function's qualified name; a lambda's gets ``#`` and a digest of
         its code, so that different lambdas give different process names."""
-        name = getattr(self.func, "__qualname__", None) or type(self.func).__name__
-        code = getattr(self.func, "__code__", None)
-        if name.endswith("<lambda>") and code is not None:
-            return f"{name}#{_code_digest(code)}"
-        return str(name)
+        return callable_name(self.func)
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
         """Await an async function; run a sync one as ``execution`` says (a worker
@@ -305,6 +302,16 @@ class _RunnableAdapter(Runnable):
             return await self.obj.ainvoke(input)
         ctx = step_context(config)
         return await self._sync.run(input, ctx.limiter if ctx else None)
+
+
+def callable_name(func: Any) -> str:
+    """A function's qualified name; a lambda's gets ``#`` and a digest of its
+    code, so that different lambdas give different names."""
+    name = getattr(func, "__qualname__", None) or type(func).__name__
+    code = getattr(func, "__code__", None)
+    if name.endswith("<lambda>") and code is not None:
+        return f"{name}#{_code_digest(code)}"
+    return str(name)
 
 
 def _code_digest(code: Any) -> str:

@@ -4,8 +4,9 @@ Layered layout, left to right. The edges that close a cycle are set aside
 (depth-first search from the sources); every node then gets the column of its
 longest path from a source and, within its column, a row near the mean row of
 its predecessors. Topics are ellipses, processes boxes. An edge on a cycle is
-thick and red, a join's edge purple and labelled ``join``, the edge of a route
-decided at run time dashed; edges that close a cycle run back under the drawing.
+thick and red, a join's edge purple and labelled ``join``, a filtered
+subscription's edge green and labelled ``when``, the edge of a route decided at
+run time dashed; edges that close a cycle run back under the drawing.
 """
 
 from __future__ import annotations
@@ -26,11 +27,18 @@ CHAR_WIDTH = 7.2  # of 12px monospace text
 HEIGHT, PAD, COLUMN_GAP, ROW_GAP, MARGIN, LOOP_STEP = 30.0, 12.0, 56.0, 18.0, 16.0, 14.0
 MAX_LABEL = 48  # longer names are cut; the full name is the node's tooltip
 FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
-COLOURS = {"edge": "#555555", "cycle": "#c0392b", "join": "#7b4fa0", "dynamic": "#888888"}
+COLOURS = {
+    "edge": "#555555",
+    "cycle": "#c0392b",
+    "join": "#7b4fa0",
+    "dynamic": "#888888",
+    "when": "#1f7a5a",
+}
 LEGEND = {
     "cycle": "thick red: on a cycle",
     "join": "purple: a join (runs when the run is otherwise idle)",
     "dynamic": "dashed: a topic a route picks at run time",
+    "when": "when: a filtered subscription (runs only for messages its predicate accepts)",
 }
 
 
@@ -157,12 +165,14 @@ def _path(points: list[tuple[float, float]]) -> str:
 def _render(
     graph: Graph, nodes: dict[str, _Node], edges: Sequence[Edge], routes: dict[int, list[str]]
 ) -> str:
-    digest = hashlib.blake2b(repr((graph.reads, sorted(graph.joins), graph.writes)).encode(), digest_size=4)
+    shape = (graph.reads, sorted(graph.joins), graph.writes, sorted(graph.filtered))
+    digest = hashlib.blake2b(repr(shape).encode(), digest_size=4)
     ids = {kind: f"permflow-{digest.hexdigest()}-{kind}" for kind in COLOURS}
     bottom = max((n.y + HEIGHT / 2 for n in nodes.values()), default=MARGIN)
     width = max((n.x + n.width / 2 for n in nodes.values()), default=MARGIN) + MARGIN
     kinds = {"cycle": any(e.on_cycle for e in edges), "join": bool(graph.joins)}
     kinds["dynamic"] = any(e.dynamic for e in edges)
+    kinds["when"] = any(e.filtered for e in edges)
     legend = [kind for kind, present in kinds.items() if present]
     lanes = len(edges) - len(routes)
     height = bottom + LOOP_STEP * (lanes + 1) + 18 * len(legend) + MARGIN
@@ -199,16 +209,21 @@ def _render(
             d = f"M{x1:.1f},{y1:.1f} C{x1:.1f},{control:.1f} {x2:.1f},{control:.1f} {x2:.1f},{y2:.1f}"
             middle = ((x1 + x2) / 2, depth)
         kind = "dynamic" if edge.dynamic else "cycle" if edge.on_cycle else "join" if edge.join else "edge"
+        if kind == "edge" and edge.filtered:
+            kind = "when"
         style = ' stroke-width="2.5"' if edge.on_cycle else ' stroke-dasharray="5 4"' if edge.dynamic else ""
         about = f"{source.name} → {target.name}" + (" (on a cycle)" if edge.on_cycle else "")
+        about += " (filtered: when=...)" if edge.filtered else ""
         parts.append(
             f'<path d="{d}" fill="none" stroke="{COLOURS[kind]}"{style} marker-end="url(#{ids[kind]})">'
             f"<title>{escape(about)}</title></path>"
         )
-        if edge.join:
+        if edge.join or edge.filtered:
+            words = " ".join(w for w, on in (("join", edge.join), ("when", edge.filtered)) if on)
+            colour = COLOURS["when" if edge.filtered and not edge.join else "join"]
             parts.append(
                 f'<text x="{middle[0]:.1f}" y="{middle[1] - 5:.1f}" text-anchor="middle" '
-                f'fill="{COLOURS["join"]}">join</text>'
+                f'fill="{colour}">{words}</text>'
             )
     parts.extend(_node(node) for node in nodes.values() if node.kind != "point")
     for i, kind in enumerate(legend):

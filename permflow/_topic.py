@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, final
 
 from ._context import step_context
 from ._errors import DefinitionError
+from ._filter import Predicate, check_predicate, predicate_name
 from ._runnable import Config, Runnable, coerce
 
 if TYPE_CHECKING:
@@ -33,21 +34,30 @@ class Topic:
             raise DefinitionError(f"a topic name must be a non-empty string, got {name!r}")
         self.name = name
 
-    def subscribe(self, *, name: str | None = None) -> Head:
-        """Start a chain that runs once per message published on this topic."""
+    def subscribe(self, *, name: str | None = None, when: Predicate | None = None) -> Head:
+        """Start a chain that runs once per message published on this topic.
+
+        ``when``: a plain function of the message's value; the chain runs only
+        for messages it returns true for. The others are done for this chain
+        (never redelivered to it, nothing published); other subscribers of the
+        topic still get them."""
         if self.name == OUT_NAME:
             raise DefinitionError(
                 "cannot subscribe to Topic.OUT: it holds the results of invoke(); "
                 "publish to another topic and subscribe to that"
             )
-        return Head(self, join=False, name=name)
+        return Head(self, join=False, name=name, when=when)
 
-    def join(self, *, name: str | None = None) -> Head:
+    def join(self, *, name: str | None = None, when: Predicate | None = None) -> Head:
         """Start a chain that runs once, with the list of all not-yet-joined
-        messages of this topic, whenever the run is otherwise idle."""
+        messages of this topic, whenever the run is otherwise idle.
+
+        ``when``: only messages whose value it returns true for are joined
+        (the others are never joined by this chain); when none is, the chain
+        does not run."""
         if self.name == OUT_NAME:
             raise DefinitionError("cannot join Topic.OUT: it holds the results of invoke()")
-        return Head(self, join=True, name=name)
+        return Head(self, join=True, name=name, when=when)
 
     def publish(self) -> Publish:
         """A step that publishes its input here and passes it on unchanged."""
@@ -89,24 +99,33 @@ def _check_publishable(topic: Topic) -> None:
 
 @final
 class Head:
-    """``topic.subscribe()`` or ``topic.join()``: the start of a chain."""
+    """``topic.subscribe()`` or ``topic.join()``: the start of a chain;
+    ``when`` filters the messages it runs on (None: every message)."""
 
-    __slots__ = ("join", "name", "topic")
+    __slots__ = ("join", "name", "topic", "when")
 
-    def __init__(self, topic: Topic, *, join: bool, name: str | None) -> None:
+    def __init__(self, topic: Topic, *, join: bool, name: str | None, when: Predicate | None = None) -> None:
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise DefinitionError(f"a process name must be a non-empty string, got {name!r}")
         self.topic = topic
         self.join = join
         self.name = name
+        self.when = check_predicate(when, f"{topic!r}.{'join' if join else 'subscribe'}()")
 
     def __or__(self, step: Any) -> Process:
         from ._process import Process
 
         return Process(self, (coerce(step),))
 
+    @property
+    def kind(self) -> str:
+        """``subscribe`` or ``join``, with its predicate if any: how derived
+        process names start (``a.subscribe(when=is_big) | ...``)."""
+        kind = "join" if self.join else "subscribe"
+        return kind if self.when is None else f"{kind}(when={predicate_name(self.when)})"
+
     def __repr__(self) -> str:
-        return f"{self.topic!r}.{'join' if self.join else 'subscribe'}()"
+        return f"{self.topic!r}.{self.kind if self.when is not None else self.kind + '()'}"
 
 
 class Publish(Runnable):

@@ -32,6 +32,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the command line reports them itself
     miswired = PubSub(Topic.IN.subscribe() | str.split | word.publish(), words.subscribe() | len)
 not_a_pubsub = 42
+big = PubSub(
+    Topic.IN.subscribe(name="big only", when=lambda n: n > 9) | Topic.OUT.publish(),
+    Topic.IN.subscribe(name="all") | Topic.OUT.publish(),
+)
 """
 
 CLOSED = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -71,6 +75,13 @@ def test_graph_json_lists_processes_and_cycles(tmp_path: Path) -> None:
     data = json.loads(cli(tmp_path, "graph", "app.py:loop", "--json").stdout)
     assert data["cycles"] == [["draft", "review"]]
     assert {p["reads"] for p in data["processes"].values()} == {"__in__", "draft", "review"}
+
+
+def test_graph_marks_a_filtered_subscription_in_text_and_json(tmp_path: Path) -> None:
+    """graph draws a filtered subscription's edge ``-- when -->``; --json marks it ``"when": true``."""
+    assert "  t0 -- when --> p0" in cli(tmp_path, "graph", "app:big").stdout.splitlines()
+    data = json.loads(cli(tmp_path, "graph", "app:big", "--json").stdout)
+    assert {name: p["when"] for name, p in data["processes"].items()} == {"big only": True, "all": False}
 
 
 def test_graph_lists_wiring_problems_in_text_and_json(tmp_path: Path) -> None:

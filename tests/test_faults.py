@@ -8,6 +8,7 @@ serve the PubSubs of tests/fault_app.py. asyncio only: redis-py has no trio supp
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -531,6 +532,90 @@ async def test_a_commit_cut_off_stores_and_returns_everything_once(
         f"OUT values returned over the calls: {returned!r} (errors {errors!r})"
     )
     assert stored == [("__in__", 7), ("__out__", "committed-7")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param("reply", id="ack-executed-reply-lost"),
+        pytest.param("request", id="ack-never-executed"),
+    ],
+)
+async def test_an_ack_of_a_rejected_message_cut_off_loses_and_repeats_nothing(
+    redis_server: RedisServer, cut: str
+) -> None:
+    """The one call acking a message a predicate rejected (and fetching the next), cut off before
+    or after Redis ran it: the run still returns each matching result once and stores each once."""
+    from permflow.connections.redis._scripts import ACK_FETCH
+
+    proxy = CuttingProxy(redis_server.port)
+    numbers = Topic("numbers")
+    returned: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        conn = RedisPubSubConnection.from_url(proxy.url, prefix=f"faults-ack-{cut}", lease=30)
+        try:
+            pubsub = PubSub(
+                Topic.IN.subscribe() | (lambda n: list(range(n))) | numbers.publish_each(),
+                numbers.subscribe(when=lambda n: n % 2 == 0) | (lambda n: n * 10) | Topic.OUT.publish(),
+                connection=conn,
+            )
+            # a first run loads the scripts: the cut call must not be answered NOSCRIPT
+            assert await pubsub.ainvoke(2, {"state_id": "warm-up"}) == [0]
+            proxy.arm(hashlib.sha1(ACK_FETCH.encode()).hexdigest().encode(), cut)
+            with anyio.fail_after(20):
+                try:
+                    returned += await pubsub.ainvoke(6, {"state_id": "cut"})
+                except ConnectionFailedError:
+                    returned += await pubsub.ainvoke(None, {"state_id": "cut"})  # the one resume
+                stored = pairs(await pubsub.apeek("cut"))
+                left = await conn.outstanding("cut", pubsub.process_names)
+        finally:
+            await conn.aclose()
+            tg.cancel_scope.cancel()
+    assert proxy.fired.is_set(), "the proxy never saw an ack"
+    assert sorted(returned) == [0, 20, 40]
+    assert sorted(v for t, v in stored if t == "__out__") == [0, 20, 40]
+    assert sorted(v for t, v in stored if t == "numbers") == list(range(6))
+    assert len(stored) == 1 + 6 + 3
+    assert set(left.values()) == {0}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cut", ["reply", "request"])
+async def test_an_ack_and_fetch_cut_off_acks_once_and_returns_what_it_fetched(
+    redis_server: RedisServer, cut: str
+) -> None:
+    """ack_and_fetch sent again after its connection was cut returns the next delivery (which a
+    first send that ran had already handed out), acked nothing twice, and stored nothing."""
+    from permflow import Message, Subscription
+    from permflow.connections.redis._scripts import ACK_FETCH
+
+    proxy = CuttingProxy(redis_server.port)
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        conn = RedisPubSubConnection.from_url(proxy.url, prefix=f"faults-ackfetch-{cut}", lease=30)
+        try:
+            with anyio.fail_after(20):
+                await conn.register("s", [Subscription("p", "t")])
+                await conn.publish("s", [Message("t", v, "s", 0.0) for v in (1, 2, 3)])
+                (first,) = await conn.fetch("s", "p", owner="o", limit=1)
+                # loads the script, so that the cut call is not answered NOSCRIPT
+                await conn.ack_and_fetch(first, owner="other")
+                proxy.arm(hashlib.sha1(ACK_FETCH.encode()).hexdigest().encode(), cut)
+                fetched = await conn.ack_and_fetch(first, owner="o", limit=1)
+                counts = await conn.outstanding("s", ["p"])
+                rest = await conn.fetch("s", "p", owner="another")
+                log = await conn.apeek("s")
+        finally:
+            await conn.aclose()
+            tg.cancel_scope.cancel()
+    assert proxy.fired.is_set(), "the proxy never saw the call"
+    assert fetched is not None and [(d.messages[0].value, d.attempt) for d in fetched] == [(2, 1)]
+    assert counts == {"p": 2}  # 1 acked once; 2 held by o; 3 not yet fetched
+    assert [d.messages[0].value for d in rest] == [3]
+    assert [m.value for m in log] == [1, 2, 3]
 
 
 # -- 6. a corrupt run in the listing -----------------------------------------------------

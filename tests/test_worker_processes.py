@@ -267,3 +267,21 @@ async def test_a_join_over_a_fan_out_spread_over_two_workers_fires_once(
     ]
     assert topics.count("__out__") == 1
     assert topics.count("squares") == topics.count("items") == 50
+
+
+async def test_a_filtered_subscription_on_two_worker_processes_runs_for_matching_messages_only(
+    redis_url: str, redis_prefix: str, work_key_cleaned: None
+) -> None:
+    """Workers run a filtered subscription's step for the even numbers only: nothing is published
+    for the odd ones, and none of them is left outstanding."""
+    async with worker_processes("filtered", redis_url, redis_prefix) as workers:
+        async with client_of(worker_app.filtered, redis_url, redis_prefix) as client:
+            with anyio.fail_after(60):
+                out = await client.ainvoke(30, {"state_id": "evens"})
+            log = await client.apeek("evens")
+            left = await client.connection.outstanding("evens", client.process_names)
+    assert [(o["sum"], o["count"]) for o in out] == [(sum(x * x for x in range(0, 30, 2)), 15)]
+    assert set(out[0]["pids"]) <= {w.pid for w in workers}
+    assert sorted(m.value["value"] for m in log if m.topic == "squares") == [x * x for x in range(0, 30, 2)]
+    assert [m.topic for m in log].count("items") == 30
+    assert set(left.values()) == {0}

@@ -93,6 +93,19 @@ fan_out = PubSub(
 )
 
 
+def _is_even(n: int) -> bool:
+    return n % 2 == 0
+
+
+#: n → 0..n-1, of which only the even ones are squared (a filtered subscription;
+#: the odd ones never reach the step) → one join, as in ``fan_out``.
+filtered = PubSub(
+    Topic.IN.subscribe() | (lambda n: list(range(n))) | ITEMS.publish_each(),
+    ITEMS.subscribe(when=_is_even) | _slow_square | SQUARES.publish(),
+    SQUARES.join() | _total | Topic.OUT.publish(),
+)
+
+
 def client(pubsub: PubSub, url: str, prefix: str, *, lease: float = 30.0) -> PubSub:
     """``pubsub`` over Redis at ``url``/``prefix``, submitting its runs to workers."""
     connection = RedisPubSubConnection.from_url(url, prefix=prefix, lease=lease)

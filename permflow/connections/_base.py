@@ -94,6 +94,19 @@ class PubSubConnection(ABC):
         delivery. Raises ``SerializationError`` (storing nothing) for
         unstorable values."""
 
+    async def ack_and_fetch(
+        self, delivery: Delivery, *, owner: str, limit: int | None = None
+    ) -> list[Delivery] | None:
+        """Ack ``delivery`` with no outputs (its process rejected it: a filtered
+        subscription), then ``fetch`` the process's next deliveries for
+        ``owner`` (``limit`` as for ``fetch``). Returns None, acking and
+        fetching nothing, if ``owner`` no longer holds the delivery (as
+        ``commit`` refuses). Stores that can should do both in one round trip;
+        this default makes two calls."""
+        if await self.commit(delivery, [], owner=owner) is None:
+            return None
+        return await self.fetch(delivery.state_id, delivery.process, owner=owner, limit=limit)
+
     async def charge(self, delivery: Delivery, *, owner: str) -> bool:
         """Count ``delivery.attempt`` against a suspect delivery (see
         ``Delivery.suspect``) right before its step starts, so that a crash

@@ -46,13 +46,14 @@ class _Pending:
 class _Group:
     """One process's view of its topic: a cursor and what is in flight."""
 
-    __slots__ = ("cursor", "join", "pending", "topic")
+    __slots__ = ("cursor", "free", "join", "pending", "topic")
 
     def __init__(self, topic: str, join: bool) -> None:
         self.topic = topic
         self.join = join
         self.cursor = 0
         self.pending: dict[int, _Pending] = {}
+        self.free = 0  # pending entries nobody holds (released): a fetch scans only if any
 
 
 class _State:
@@ -142,54 +143,79 @@ class InMemoryPubSubConnection(PubSubConnection):
             state = self._states.get(state_id)
             if state is None:
                 return []
-            group = state.groups[process]
-            messages = state.topics.get(group.topic, ())
-            positions: list[int] = []
+            return self._fetch(state, state_id, process, owner, limit)
+
+    def _fetch(
+        self, state: _State, state_id: str, process: str, owner: str, limit: int | None
+    ) -> list[Delivery]:
+        """Hand ``owner`` what ``process`` has not finished (under the lock)."""
+        group = state.groups[process]
+        messages = state.topics.get(group.topic, ())
+        positions: list[int] = []
+        if group.free:
             for position, pending in group.pending.items():
                 if pending.owner is None:
                     pending.owner = owner
                     pending.attempts += 1
                     positions.append(position)
-            while group.cursor < len(messages):
-                group.pending[group.cursor] = _Pending(owner, 1)
-                positions.append(group.cursor)
-                group.cursor += 1
-            if not positions:
-                return []
-            if group.join:
-                attempt = max(group.pending[p].attempts for p in positions)
-                batch = tuple(messages[p] for p in positions)
-                return [Delivery(state_id, process, batch, attempt, tuple(positions))]
-            if limit is not None and len(positions) > limit:
-                for p in positions[limit:]:
-                    group.pending[p].owner = None
-                    group.pending[p].attempts -= 1
-                positions = positions[:limit]
-            return [
-                Delivery(state_id, process, (messages[p],), group.pending[p].attempts, (p,))
-                for p in positions
-            ]
+            group.free = 0
+        while group.cursor < len(messages):
+            group.pending[group.cursor] = _Pending(owner, 1)
+            positions.append(group.cursor)
+            group.cursor += 1
+        if not positions:
+            return []
+        if group.join:
+            attempt = max(group.pending[p].attempts for p in positions)
+            batch = tuple(messages[p] for p in positions)
+            return [Delivery(state_id, process, batch, attempt, tuple(positions))]
+        if limit is not None and len(positions) > limit:
+            for p in positions[limit:]:
+                group.pending[p].owner = None
+                group.free += 1
+                group.pending[p].attempts -= 1
+            positions = positions[:limit]
+        return [
+            Delivery(state_id, process, (messages[p],), group.pending[p].attempts, (p,)) for p in positions
+        ]
 
     async def commit(
         self, delivery: Delivery, messages: Sequence[Message], *, owner: str
     ) -> list[Message] | None:
         with self._lock:
-            state = self._states.get(delivery.state_id)
-            if state is None or delivery.state_id in self._stopping:
-                return None  # a stopped run (its client left) stores nothing more
-            group = state.groups.get(delivery.process)
-            if group is None:
+            state = self._ack(delivery, owner)
+            if state is None:
                 return None
-            pending = group.pending
-            for position in delivery.handle:
-                entry = pending.get(position)
-                if entry is None or entry.owner != owner:
-                    return None
-            for position in delivery.handle:
-                del pending[position]
             stored = self._store(state, delivery.state_id, messages)
             self._notify(state)
             return stored
+
+    async def ack_and_fetch(
+        self, delivery: Delivery, *, owner: str, limit: int | None = None
+    ) -> list[Delivery] | None:
+        with self._lock:
+            state = self._ack(delivery, owner)
+            if state is None:
+                return None
+            self._notify(state)
+            return self._fetch(state, delivery.state_id, delivery.process, owner, limit)
+
+    def _ack(self, delivery: Delivery, owner: str) -> _State | None:
+        """Ack ``delivery`` if ``owner`` holds it (under the lock); its state, else None."""
+        state = self._states.get(delivery.state_id)
+        if state is None or delivery.state_id in self._stopping:
+            return None  # a stopped run (its client left) stores nothing more
+        group = state.groups.get(delivery.process)
+        if group is None:
+            return None
+        pending = group.pending
+        for position in delivery.handle:
+            entry = pending.get(position)
+            if entry is None or entry.owner != owner:
+                return None
+        for position in delivery.handle:
+            del pending[position]
+        return state
 
     async def release(self, state_id: str, owner: str) -> None:
         with self._lock:
@@ -200,6 +226,7 @@ class InMemoryPubSubConnection(PubSubConnection):
                 for entry in group.pending.values():
                     if entry.owner == owner:
                         entry.owner = None
+                        group.free += 1
             self._notify(state)
 
     async def outstanding(self, state_id: str, processes: Sequence[str]) -> dict[str, int]:

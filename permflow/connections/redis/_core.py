@@ -168,8 +168,12 @@ class RedisCore(PubSubConnection):
             seconds = min(seconds, self._timeout / 2)
         return 0 if math.isinf(seconds) else max(1, int(seconds * 1000))
 
+    def _base(self, state_id: str) -> str:
+        """``{prefix:state_id}``: the start of every key of the run (its hash tag)."""
+        return f"{{{self.prefix}:{codec.escape(state_id)}}}"
+
     def _keys(self, state_id: str) -> tuple[list[str], list[Any]]:
-        base = f"{{{self.prefix}:{codec.escape(state_id)}}}"
+        base = self._base(state_id)
         keys = [f"{base}:log", f"{base}:n", f"{base}:reg", f"{base}:topics", f"{base}:chg"]
         return keys, [base, *self._head]
 

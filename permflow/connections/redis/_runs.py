@@ -1,4 +1,4 @@
-"""The run protocol of the Redis connection: register, publish, fetch, commit,
+"""The run protocol of the Redis connection: register, publish, fetch, commit, ack_and_fetch,
 release, renew, outstanding, peek, wait for change, delete.
 
 Each state change is one script (``_scripts``). A commit also fetches,
@@ -87,14 +87,37 @@ class RedisRuns(RedisCore):
             # run's release hands back everything owner holds when it ends.
             with self._failures(f"fetching for process {process!r} of state id {state_id!r}"):
                 mode, topic_raw, packed = await bound.run("FETCH", keys, args)
-        mode = codec.text(mode)
+        return await self._deliveries(bound, state_id, process, codec.text(mode), topic_raw, packed)
+
+    async def ack_and_fetch(
+        self, delivery: Delivery, *, owner: str, limit: int | None = None
+    ) -> list[Delivery] | None:
+        state_id, process = delivery.state_id, delivery.process
+        topic, ids = delivery.handle
+        order = sorted(ids, key=codec.id_key)
+        keys, args = self._keys(state_id)
+        keys += (f"{args[0]}:stop", f"{args[0]}:t:{topic}")
+        args += (process, topic, owner, order[0], order[-1], len(ids), *ids)
+        args += (self._lease_ms, limit or 0, lua.RELEASED)
+        bound = await self._ready()
+        with self._failures(f"acking a delivery of process {process!r} of state id {state_id!r}"):
+            reply = await bound.run("ACK_FETCH", keys, args)
+        if reply is None:
+            return None
+        mode, topic_raw, packed = reply
+        return await self._deliveries(bound, state_id, process, codec.text(mode), topic_raw, packed)
+
+    async def _deliveries(
+        self, bound: Bound, state_id: str, process: str, mode: str, topic_raw: Any, packed: Any
+    ) -> list[Delivery]:
+        """The deliveries of a FETCH reply (``mode``, topic, packed entries)."""
         if mode == "?":
             raise KeyError(f"process {process!r} is not registered in state id {state_id!r}")
         if not packed:
             return []
         entries = codec.unpack_entries(packed)
         topic = codec.text(topic_raw)
-        stream = f"{args[0]}:t:{topic}"
+        stream = f"{self._base(state_id)}:t:{topic}"
         messages: list[Message] = []
         bad: list[tuple[Any, CorruptEntryError]] = []
         for entry_id, _, fields in entries:

@@ -30,6 +30,7 @@ from __future__ import annotations
 from ._script_lib import FETCH_LIB, PRELUDE, STORE_LIB
 
 __all__ = [
+    "ACK_FETCH",
     "CHARGE",
     "COMMIT",
     "DELETE",
@@ -37,6 +38,7 @@ __all__ = [
     "MARK",
     "OUTSTANDING",
     "PUBLISH",
+    "REACK_FETCH",
     "RECOMMIT",
     "REFETCH",
     "REGISTER",
@@ -189,6 +191,48 @@ COMMIT = PRELUDE + STORE_LIB + FETCH_LIB + _COMMIT_LIB + "return commit(false)"
 
 # COMMIT sent again after its reply was lost (same arguments, same reply).
 RECOMMIT = PRELUDE + STORE_LIB + FETCH_LIB + _COMMIT_LIB + "return commit(true)"
+
+_ACK_FETCH_LIB = """
+local function ack_fetch(again)
+  local process, topic, owner, n = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[10])
+  local lease, limit, released = tonumber(ARGV[11 + n]), tonumber(ARGV[12 + n]), ARGV[13 + n]
+  -- KEYS[6]: the stop mark (a stopped run acks nothing more); KEYS[7]: the topic's stream.
+  if redis.call('EXISTS', KEYS[6]) == 1 then return false end
+  local stream = KEYS[7]
+  local held = redis.pcall('XPENDING', stream, process, ARGV[8], ARGV[9], ALL, owner)
+  local mine, ids, ok = {}, {}, not held.err
+  if ok then
+    for _, p in ipairs(held) do mine[p[1]] = true end
+  end
+  for k = 11, 10 + n do
+    if not mine[ARGV[k]] then ok = false end
+    ids[#ids + 1] = ARGV[k]
+  end
+  if ok then
+    chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
+    uncount(process, n)
+    changed()
+    touch()
+  elseif again then
+    -- Sent again after a lost reply: the first send acked it and handed owner
+    -- deliveries whose reply was lost too: take those back so the fetch returns them.
+    give_back(stream, process, owner, released)
+  else
+    return false
+  end
+  return fetch(process, owner, lease, limit, released)
+end
+"""
+
+# KEYS[6]: the stop mark, KEYS[7]: the topic stream. ARGV[5..]: process, topic,
+# owner, first id, last id, n, ids..., lease_ms, limit (0 = none), released
+# consumer. A delivery its process's predicate rejected: acked with no outputs,
+# then the process fetched for owner, in one round trip. Returns false if owner
+# lost the delivery or the run was stopped, else the fetch reply.
+ACK_FETCH = PRELUDE + FETCH_LIB + _ACK_FETCH_LIB + "return ack_fetch(false)"
+
+# ACK_FETCH sent again after its reply was lost (same arguments, same reply).
+REACK_FETCH = PRELUDE + FETCH_LIB + _ACK_FETCH_LIB + "return ack_fetch(true)"
 
 # ARGV[5..]: process, owner, lease_ms, limit (0 = none), released consumer.
 FETCH = (

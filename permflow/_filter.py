@@ -1,0 +1,66 @@
+"""Filtered subscriptions: ``topic.subscribe(when=predicate)``.
+
+A predicate is a plain sync callable of a message's value. The engine calls
+it inline on the event loop, before anything else is spent on the message
+(no step, thread hop, concurrency slot or trace span): a message it rejects
+is acked with no outputs and is done for that process. A predicate that
+raises is that process failing on that message, like a step.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._errors import ConfigError, DefinitionError
+from ._message import Message
+from ._runnable import _is_async_callable, callable_name
+
+__all__ = ["Predicate", "check_predicate", "predicate_name", "select"]
+
+#: ``predicate(value)`` is truthy for the messages a filtered process runs on.
+Predicate = Callable[[Any], Any]
+
+
+def check_predicate(when: Any, where: str) -> Predicate | None:
+    """``when`` if it can filter the messages of ``where`` (a head such as
+    ``Topic('a').subscribe()``), else ``DefinitionError`` saying why."""
+    if when is None:
+        return None
+    if not callable(when):
+        raise DefinitionError(
+            f"{where}: when= must be a function of a message's value returning true for the "
+            f"messages to run on, got {when!r} of type {type(when).__name__}"
+        )
+    if _is_async_callable(when):
+        raise DefinitionError(
+            f"{where}: when={predicate_name(when)} is an async function; a predicate runs inline "
+            "on the event loop and must be a plain (sync) function: decide in a step instead if "
+            "it needs to await"
+        )
+    predicate: Predicate = when
+    return predicate
+
+
+def predicate_name(when: Predicate) -> str:
+    """How a predicate appears in a derived process name (a lambda's with its digest)."""
+    return callable_name(when)
+
+
+def select(when: Predicate, messages: Sequence[Message]) -> list[Message]:
+    """The ``messages`` whose value satisfies ``when``, in order. Whatever the
+    predicate raises propagates: the process failed on that delivery."""
+    kept = []
+    for message in messages:
+        verdict = when(message.value)
+        if verdict.__class__ is not bool and inspect.isawaitable(verdict):
+            if inspect.iscoroutine(verdict):
+                verdict.close()
+            raise ConfigError(
+                f"predicate {predicate_name(when)!r} returned an awaitable; when= takes a plain "
+                "function returning true or false"
+            )
+        if verdict:
+            kept.append(message)
+    return kept
