@@ -192,14 +192,16 @@ class Resources:
             raise failure
 
     async def _close_elsewhere(self, entry: _LoopResources) -> None:
-        if entry.thread != _blocked_thread.get():
+        if not _running(entry.loop):
+            reason = "its event loop has ended"
+        elif entry.thread == _blocked_thread.get():
+            reason = "its event loop's thread is waiting for close(): use `await pubsub.aclose()` there"
+        else:
             try:
                 await anyio.to_thread.run_sync(_run_on, entry.loop, entry.aclose, abandon_on_cancel=True)
                 return
             except _LoopGone:
                 reason = "its event loop has ended"
-        else:
-            reason = "its event loop's thread is waiting for close(): use `await pubsub.aclose()` there"
         self._forget(entry)
         entry.close_without_loop(reason)
 
@@ -214,11 +216,27 @@ class _LoopGone(Exception):
     """The event loop of some resources no longer runs."""
 
 
-def _run_on(loop: Hashable, aclose: Callable[[], Awaitable[None]]) -> None:
-    """Run ``aclose()`` on ``loop`` (another thread's) and wait for it."""
+def _running(loop: Hashable) -> bool:
+    """Whether ``loop`` still runs (and can be handed work)."""
     if isinstance(loop, asyncio.AbstractEventLoop):
-        if loop.is_closed() or not loop.is_running():
-            raise _LoopGone
+        return loop.is_running() and not loop.is_closed()
+    import trio
+
+    try:
+        loop.run_sync_soon(_nothing)  # type: ignore[attr-defined]
+    except trio.RunFinishedError:
+        return False
+    return True
+
+
+def _nothing() -> None:
+    return None
+
+
+def _run_on(loop: Hashable, aclose: Callable[[], Awaitable[None]]) -> None:
+    """Run ``aclose()`` on ``loop`` (another thread's) and wait for it;
+    ``_LoopGone`` if it ends (or stops answering) meanwhile."""
+    if isinstance(loop, asyncio.AbstractEventLoop):
 
         async def call() -> None:
             await aclose()
