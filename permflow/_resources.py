@@ -106,9 +106,9 @@ def asks_for_resources(func: Callable[..., Any]) -> str | None:
     return None
 
 
-async def resources_for(step: str, config: Mapping[str, Any] | None, asks: str) -> dict[str, Any]:
-    """The keyword arguments for a step that ``asks`` for resources: those of
-    its run's PubSub; outside a run, ``config["resources"]`` (ready objects)."""
+async def resources_for(step: Any, config: Mapping[str, Any] | None, asks: str) -> dict[str, Any]:
+    """The keyword arguments for ``step``, which ``asks`` for resources: those
+    of its run's PubSub; outside a run, ``config["resources"]`` (ready objects)."""
     ctx = step_context(config)
     if ctx is not None:
         holder = ctx.services.resources if ctx.services is not None else None
@@ -129,7 +129,7 @@ async def resources_for(step: str, config: Mapping[str, Any] | None, asks: str) 
         )
     if asks == OPTIONAL:
         return {}
-    raise ConfigError(f"step {step!r} has a 'resources' parameter but {missing} (or give it a default)")
+    raise ConfigError(f"step {step.name!r} has a 'resources' parameter but {missing} (or give it a default)")
 
 
 async def closing_from(thread: int, aclose: Callable[[], Awaitable[None]]) -> None:

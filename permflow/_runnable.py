@@ -180,7 +180,7 @@ class RunnableLambda(Runnable):
         thread or inline). Raises ``TypeError`` if a plain function returns a
         coroutine (it should be ``async def``). A function that asks for
         ``resources`` gets them; ``ConfigError`` if there are none to give."""
-        extra = None if self._asks is None else await resources_for(self.name, config, self._asks)
+        extra = None if self._asks is None else await resources_for(self, config, self._asks)
         if self._runner is None:
             return await (self.func(input) if extra is None else self.func(input, **extra))
         ctx = step_context(config)

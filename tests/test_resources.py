@@ -351,6 +351,41 @@ def test_close_after_asyncio_run_exits_sync_ones_and_reports_async_ones(
     assert journal.events[-2:] == ["exit pool", "exit file"]
 
 
+def test_close_exits_resources_of_a_trio_run_on_that_run_or_after_it_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Resources made in a trio run of another thread are exited on that run while it lasts;
+    once it has ended, only the sync ones can be."""
+    journal = Journal()
+    pubsub = PubSub(
+        Topic.IN.subscribe() | (lambda x, resources: _echo(resources)) | Topic.OUT.publish(),
+        resources={"file": journal.sync_cm("file"), "pool": journal.async_cm("pool")},
+    )
+    made, closed = threading.Event(), threading.Event()
+    trio_thread: list[int] = []
+
+    async def serve() -> None:
+        trio_thread.append(threading.get_ident())
+        assert await pubsub.ainvoke(1) == [{"file": 1, "pool": 1}]
+        made.set()
+        await anyio.to_thread.run_sync(closed.wait, 20)  # the run goes on meanwhile
+
+    thread = threading.Thread(target=anyio.run, args=(serve,), kwargs={"backend": "trio"})
+    thread.start()
+    assert made.wait(20)
+    pubsub.close()
+    closed.set()
+    thread.join(20)
+    assert journal.events == ["make file", "make pool", "exit pool", "exit file"]
+    assert journal.exit_threads == trio_thread * 2  # both exits ran on the trio run
+
+    anyio.run(pubsub.ainvoke, 2, backend="trio")
+    with caplog.at_level("WARNING", logger="permflow.resources"):
+        pubsub.close()
+    assert journal.events[4:] == ["make file", "make pool", "exit file"]
+    assert "resource 'pool'" in caplog.text and "event loop has ended" in caplog.text
+
+
 async def test_sync_close_from_the_loop_that_made_them_does_not_wait_for_itself(
     anyio_backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
