@@ -80,7 +80,7 @@ class SyncRunner:
 
     __slots__ = ("_func", "_mode", "_profile")
 
-    def __init__(self, func: Callable[[Any], Any], mode: Execution = "auto") -> None:
+    def __init__(self, func: Callable[..., Any], mode: Execution = "auto") -> None:
         if mode not in ("auto", "thread", "inline"):
             raise ConfigError(f"execution must be 'auto', 'thread' or 'inline', not {mode!r}")
         self._func = func
@@ -95,24 +95,29 @@ class SyncRunner:
         profile = self._profile
         return not profile.pinned and profile.fast_runs >= WARMUP_RUNS
 
-    async def run(self, value: Any, limiter: anyio.CapacityLimiter | None) -> Any:
+    async def run(
+        self, value: Any, limiter: anyio.CapacityLimiter | None, extra: dict[str, Any] | None = None
+    ) -> Any:
+        """Call the function on ``value`` (and keyword arguments ``extra``)."""
         if self.runs_inline:
             if self._mode == "inline":
-                return self._func(value)
+                return self._func(value) if extra is None else self._func(value, **extra)
             started = time.perf_counter()
             try:
-                return self._func(value)
+                return self._func(value) if extra is None else self._func(value, **extra)
             finally:
                 if time.perf_counter() - started > SLOW_SECONDS:
                     self._profile.pinned = True
-        return await anyio.to_thread.run_sync(self._in_thread, value, abandon_on_cancel=True, limiter=limiter)
+        return await anyio.to_thread.run_sync(
+            self._in_thread, value, extra, abandon_on_cancel=True, limiter=limiter
+        )
 
-    def _in_thread(self, value: Any) -> Any:
+    def _in_thread(self, value: Any, extra: dict[str, Any] | None) -> Any:
         profile = self._profile
         _local.profile = profile
         started = time.perf_counter()
         try:
-            result = self._func(value)
+            result = self._func(value) if extra is None else self._func(value, **extra)
         finally:
             _local.profile = None
         if time.perf_counter() - started < FAST_SECONDS:

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -22,6 +23,7 @@ from ._plan import Plan
 from ._portal import run_sync
 from ._process import Process
 from ._remote import RemoteRun
+from ._resources import check_factories, closing_from
 from ._runnable import Config, Runnable
 from ._services import Services
 from ._stream import MessageStream, SyncMessageStream
@@ -48,6 +50,10 @@ class PubSub(Runnable):
     namespaced by ``config={"state_id": ...}``; without one, a fresh id is
     used and its state is deleted once the run finishes (a run that fails or
     is interrupted keeps its state, reachable through ``Message.state_id``).
+
+    ``resources`` names factories of objects its steps share (clients, pools,
+    models): a step with a ``resources`` parameter receives them, made on
+    first use and closed by ``close``/``aclose`` (see ``permflow._resources``).
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class PubSub(Runnable):
         max_deliveries: int = 5,
         trace: Tracer | None = None,
         inputs: Sequence[Topic | str] = (),
+        resources: Mapping[str, Callable[[], Any]] | None = None,
     ) -> None:
         if isinstance(processes, Process):
             processes = (processes,)
@@ -70,7 +77,8 @@ class PubSub(Runnable):
             raise ConfigError(f"connection must be a PubSubConnection, got {connection!r}")
         self.connection = connection if connection is not None else InMemoryPubSubConnection()
         #: What this PubSub lends its steps and closes with ``close()``/``aclose()``.
-        self.services = Services(self.connection)
+        factories = None if resources is None else check_factories(resources)
+        self.services = Services(self.connection, resources=factories)
         #: Topics fed from outside this PubSub (a human's answer, another PubSub on
         #: the same state id): reading them is not a wiring mistake.
         self.inputs: tuple[str, ...] = _topic_names(inputs)
@@ -145,8 +153,8 @@ class PubSub(Runnable):
         await self.services.aclose()
 
     def close(self) -> None:
-        """Sync twin of ``aclose``."""
-        run_sync(self.aclose)
+        """Sync twin of ``aclose`` (run on permflow's background event loop)."""
+        run_sync(closing_from, threading.get_ident(), self.aclose)
 
     def __enter__(self) -> PubSub:
         return self

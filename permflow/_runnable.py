@@ -25,6 +25,7 @@ from ._context import step_context
 from ._errors import ConfigError
 from ._execution import Execution, SyncRunner
 from ._portal import run_sync
+from ._resources import asks_for_resources, resources_for
 
 if TYPE_CHECKING:
     from ._retry import RunnableRetry, RunnableTimeout
@@ -152,15 +153,18 @@ class RunnableLambda(Runnable):
     """A step made from a function (sync or async).
 
     ``execution`` chooses where a sync function runs: ``"auto"`` (default,
-    see ``permflow._execution``), ``"thread"`` or ``"inline"``.
+    see ``permflow._execution``), ``"thread"`` or ``"inline"``. A function with
+    a parameter named ``resources`` (after its input) also receives the shared
+    resources of its PubSub (see ``permflow._resources``).
     """
 
-    def __init__(self, func: Callable[[Any], Any], *, execution: Execution = "auto") -> None:
+    def __init__(self, func: Callable[..., Any], *, execution: Execution = "auto") -> None:
         if not callable(func):
             raise ConfigError(f"expected a callable, got {func!r}")
         self.func = func
         self._is_async = _is_async_callable(func)
         self._runner = None if self._is_async else SyncRunner(func, execution)
+        self._asks = asks_for_resources(func)  # looked at once: steps that don't ask pay nothing
 
     @property
     def name(self) -> str:
@@ -171,11 +175,13 @@ class RunnableLambda(Runnable):
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
         """Await an async function; run a sync one as ``execution`` says (a worker
         thread or inline). Raises ``TypeError`` if a plain function returns a
-        coroutine (it should be ``async def``)."""
+        coroutine (it should be ``async def``). A function that asks for
+        ``resources`` gets them; ``ConfigError`` if there are none to give."""
+        extra = None if self._asks is None else await resources_for(self, config, self._asks)
         if self._runner is None:
-            return await self.func(input)
+            return await (self.func(input) if extra is None else self.func(input, **extra))
         ctx = step_context(config)
-        result = await self._runner.run(input, ctx.limiter if ctx else None)
+        result = await self._runner.run(input, ctx.limiter if ctx else None, extra)
         if inspect.iscoroutine(result):
             result.close()
             raise ConfigError(

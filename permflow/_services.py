@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._resources import Resources
 
 if TYPE_CHECKING:
     from .connections._base import PubSubConnection
@@ -22,9 +24,15 @@ class Services:
     which belongs to whoever passed it in.
     """
 
-    def __init__(self, connection: PubSubConnection) -> None:
+    def __init__(
+        self, connection: PubSubConnection, *, resources: Mapping[str, Callable[[], Any]] | None = None
+    ) -> None:
         self.connection = connection
         self._closers: list[Closer] = []
+        #: The shared resources steps ask for (``PubSub(resources=...)``); None if none.
+        self.resources = Resources(resources) if resources else None
+        if self.resources is not None:
+            self.on_close(self.resources.aclose)
 
     def on_close(self, closer: Closer) -> None:
         """Have ``aclose`` call ``closer`` (last registered, first called)."""
@@ -32,8 +40,8 @@ class Services:
 
     def with_connection(self, connection: PubSubConnection) -> Services:
         """Services for the same PubSub over another connection: the same
-        settings, nothing opened yet."""
-        return Services(connection)
+        settings (resource factories), nothing opened yet."""
+        return Services(connection, resources=self.resources.factories if self.resources else None)
 
     async def aclose(self) -> None:
         """Close everything opened for steps; the first error is raised after

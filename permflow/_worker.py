@@ -50,6 +50,11 @@ class Worker:
     at once across them. ``run()`` works until ``stop()`` is called; then it
     takes no new work, gives running runs ``grace`` seconds to finish, and
     cancels and hands back the rest.
+
+    Steps get the PubSub's shared resources, made in this process on first
+    use. ``run()`` leaves them open (the PubSub may serve others); close them
+    when the worker is done: ``async with pubsub: await worker.run()`` (the
+    ``permflow worker`` command does so on shutdown).
     """
 
     def __init__(

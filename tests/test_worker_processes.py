@@ -94,16 +94,20 @@ async def worker_processes(
     concurrency: int = 4,
     grace: float = 10.0,
     meet_dir: Path | None = None,
+    resource_dir: Path | None = None,
 ) -> AsyncIterator[list[WorkerProcess]]:
     """``count`` workers serving ``tests.worker_app:target``, started and logging;
     whatever is still running at the end is killed. With ``meet_dir`` their steps
-    wait for a step of another worker (``worker_app.meet_another_worker``)."""
+    wait for a step of another worker (``worker_app.meet_another_worker``); with
+    ``resource_dir`` the ``marker`` resource notes its life there."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     if meet_dir is not None:
         env["PERMFLOW_TEST_MEET_DIR"] = str(meet_dir)
+    if resource_dir is not None:
+        env["PERMFLOW_TEST_RESOURCE_DIR"] = str(resource_dir)
     workers: list[WorkerProcess] = []
     try:
         async with anyio.create_task_group() as tg:
@@ -285,3 +289,26 @@ async def test_a_filtered_subscription_on_two_worker_processes_runs_for_matching
     assert sorted(m.value["value"] for m in log if m.topic == "squares") == [x * x for x in range(0, 30, 2)]
     assert [m.topic for m in log].count("items") == 30
     assert set(left.values()) == {0}
+
+
+async def test_a_worker_makes_its_own_resources_once_and_closes_them_on_sigterm(
+    redis_url: str, redis_prefix: str, work_key_cleaned: None, tmp_path: Path
+) -> None:
+    """A worker process makes the PubSub's resources itself, once for many runs, and exits them
+    when SIGTERM stops it; the client, where no step runs, makes none."""
+    async with worker_processes(
+        "with_resources", redis_url, redis_prefix, count=1, resource_dir=tmp_path
+    ) as (worker,):
+        async with client_of(worker_app.with_resources, redis_url, redis_prefix) as client:
+            with anyio.fail_after(60):
+                results = await client.abatch(list(range(10)))
+            assert not (tmp_path / f"closed-{worker.pid}").exists()  # open while the worker runs
+            worker.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                code = await worker.process.wait()
+    assert code == 0, worker.tail()
+    assert worker.pid != os.getpid()
+    assert results == [[{"value": x, "pid": worker.pid, "resource_pid": worker.pid}] for x in range(10)]
+    assert sorted(os.listdir(tmp_path)) == [f"closed-{worker.pid}", f"made-{worker.pid}"]
+    assert (tmp_path / f"made-{worker.pid}").read_text() == "made\n"
+    assert (tmp_path / f"closed-{worker.pid}").read_text() == "closed\n"

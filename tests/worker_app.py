@@ -10,8 +10,11 @@ worker process did the work.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -103,6 +106,32 @@ filtered = PubSub(
     Topic.IN.subscribe() | (lambda n: list(range(n))) | ITEMS.publish_each(),
     ITEMS.subscribe(when=_is_even) | _slow_square | SQUARES.publish(),
     SQUARES.join() | _total | Topic.OUT.publish(),
+)
+
+
+#: A directory where the ``marker`` resource notes its life (set by the resource test):
+#: a line in ``made-<pid>`` each time it is made, ``closed-<pid>`` once it is exited.
+RESOURCE_DIR = os.environ.get("PERMFLOW_TEST_RESOURCE_DIR")
+
+
+@contextlib.asynccontextmanager
+async def _marker() -> AsyncIterator[int]:
+    """A resource (an async context manager) that leaves a trace in ``RESOURCE_DIR``."""
+    pid, where = os.getpid(), Path(RESOURCE_DIR or ".")
+    async with await anyio.open_file(where / f"made-{pid}", "a") as made:
+        await made.write("made\n")
+    yield pid
+    await anyio.Path(where / f"closed-{pid}").write_text("closed\n")
+
+
+def _stamped(x: int, resources: Any) -> dict[str, int]:
+    return {"value": x, "pid": os.getpid(), "resource_pid": resources["marker"]}
+
+
+#: x → {"value", "pid", "resource_pid"}: the step asks for a shared resource.
+with_resources = PubSub(
+    Topic.IN.subscribe() | _stamped | Topic.OUT.publish(),
+    resources={"marker": _marker},
 )
 
 
