@@ -86,6 +86,18 @@ def test_a_chain_of_several_steps_needs_a_name() -> None:
     assert named.name == "squarer"
 
 
+def test_caching_leaves_the_graph_unchanged() -> None:
+    """A cached step or chain keeps its topics and edges: the graph is the one of the uncached program."""
+    items = Topic("items")
+    plain = PubSub(Topic.IN.subscribe() | items.publish(), items.subscribe() | square | Topic.OUT.publish())
+    cached = PubSub(
+        Topic.IN.subscribe() | items.publish(),
+        (items.subscribe() | square | Topic.OUT.publish()).with_cache(name="sq"),
+    )
+    assert cached.graph().to_mermaid() == plain.graph().to_mermaid()
+    assert cached.process_names == plain.process_names
+
+
 @pytest.mark.parametrize(
     ("kwargs", "problem"),
     [
@@ -145,6 +157,13 @@ def test_an_input_that_is_not_json_compatible_needs_a_key_function() -> None:
         RunnableLambda(lambda order: order.id).with_cache(name="orders", key=lambda o: o.id).invoke(Order())
         == 7
     )
+
+
+def test_an_unstorable_result_outside_a_run_fails_naming_the_step() -> None:
+    """Outside a run too, a result JSON cannot hold fails with SerializationError naming step and type."""
+    cached = RunnableLambda(lambda x: Point(x, x)).with_cache(name="points")
+    with pytest.raises(SerializationError, match=r"step 'points' \(a test_cache_memory\.Point\)"):
+        cached.invoke(1)
 
 
 async def test_a_pickle_cache_stores_what_json_cannot(anyio_backend: str) -> None:
