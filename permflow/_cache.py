@@ -13,12 +13,14 @@ step's ``version``, the serializer and the input (or ``key(input)``) in a
 canonical JSON form, so equal inputs give equal keys in every process.
 
 Concurrent calls with the same key on one event loop run the step once: the
-first runs it, the others wait and share its result or its error. A failure
-is never stored; if the first caller is cancelled, a waiter runs the step.
+first runs it, the others wait and share its result or (each a copy of) its
+error. A failure is never stored; if the first caller is cancelled, a waiter
+runs the step.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
@@ -154,7 +156,7 @@ class RunnableCached(Runnable):
         while (flight := flights.get(where)) is not None:
             await flight.done.wait()
             if flight.error is not None:
-                raise flight.error
+                raise _copy_of(flight.error)
             if flight.entry is not None:
                 found = self._decode(flight.entry, serializer)
                 if found is not None:
@@ -175,7 +177,7 @@ class RunnableCached(Runnable):
             flight.entry = entry
             return result
         except Exception as exc:
-            flight.error = exc
+            flight.error = _copy_of(exc)  # before the engine adds this delivery's notes to it
             raise
         finally:
             del flights[where]
@@ -213,6 +215,23 @@ class RunnableCached(Runnable):
 
     def __repr__(self) -> str:
         return f"RunnableCached({self.cache_name})"
+
+
+def _copy_of(exc: Exception) -> Exception:
+    """A caller's own copy of an error it shares, so that what is added to one
+    (notes naming a delivery, a traceback) does not pile up on the others. The
+    error itself if it cannot be copied."""
+    try:
+        twin = copy.copy(exc)
+    except Exception:
+        return exc
+    if type(twin) is not type(exc) or twin.args != exc.args:
+        return exc
+    notes = getattr(exc, "__notes__", None)
+    if notes is not None:
+        vars(twin)["__notes__"] = list(notes)
+    twin.__cause__, twin.__suppress_context__ = exc.__cause__, exc.__suppress_context__
+    return twin.with_traceback(exc.__traceback__)
 
 
 def _replay(found: tuple[Any, list[Any]], ctx: StepContext | None) -> Any:

@@ -285,6 +285,7 @@ async def test_concurrent_callers_share_the_first_callers_failure(anyio_backend:
             release.set()
         assert calls == [1]
         assert len(errors) == 40 and {str(e) for e in errors} == {"upstream down"}
+        assert len({id(e) for e in errors}) == 40  # each caller its own copy: notes do not pile up
         assert await cached.ainvoke(1) == 1
     assert calls == [1, 1]
 
