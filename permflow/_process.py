@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, final
 
 from ._errors import DefinitionError
@@ -102,6 +102,26 @@ class Process(Runnable):
     def with_timeout(self, seconds: float) -> Process:  # type: ignore[override]
         """Fail a delivery whose chain takes longer than ``seconds``."""
         return self._wrapped(self._body.with_timeout(seconds))
+
+    def with_cache(  # type: ignore[override]
+        self,
+        name: str | None = None,
+        key: Callable[[Any], Any] | None = None,
+        ttl: float | None = None,
+        version: str | int | None = None,
+    ) -> Process:
+        """Cache the whole chain for each input (see ``Runnable.with_cache``):
+        a hit publishes again what the chain published, without running it.
+        ``name`` defaults to the process's explicit name, else to the name of
+        its only step's function."""
+        if name is None and self._name is not None:
+            name = self._name
+        elif name is None and len(self.steps) != 1:
+            raise DefinitionError(
+                f"process {self.name!r} has several steps and no explicit name to cache its "
+                "results under: pass with_cache(name='...')"
+            )
+        return self._wrapped(self._body.with_cache(name=name, key=key, ttl=ttl, version=version))
 
     def _publishes(self) -> Iterator[str | None]:
         return self._body._publishes()

@@ -28,6 +28,7 @@ from ._portal import run_sync
 from ._resources import asks_for_resources, resources_for
 
 if TYPE_CHECKING:
+    from ._cache import RunnableCached
     from ._retry import RunnableRetry, RunnableTimeout
 
 __all__ = [
@@ -143,6 +144,29 @@ class Runnable:
         from ._retry import RunnableTimeout
 
         return RunnableTimeout(self, seconds)
+
+    def with_cache(
+        self,
+        name: str | None = None,
+        key: Callable[[Any], Any] | None = None,
+        ttl: float | None = None,
+        version: str | int | None = None,
+    ) -> RunnableCached:
+        """Store this step's result for each input in the run's connection and
+        reuse it instead of running the step again: across runs, state ids and
+        (on a shared store such as Redis) processes, workers and restarts.
+
+        ``name`` (default: the function's ``module.qualname``; required for a
+        lambda) names the cache; ``key(input)`` gives the cache key (default:
+        the input itself, in a canonical JSON form); ``ttl`` seconds before an
+        entry expires (default: never); changing ``version`` starts afresh.
+        Failures are not stored. Concurrent calls with the same key on one
+        event loop run the step once. Outside a run the cache is an in-memory
+        one of this process. Raises ``DefinitionError`` for a bad argument or
+        a missing name."""
+        from ._cache import RunnableCached
+
+        return RunnableCached(self, name=name, key=key, ttl=ttl, version=version)
 
     def _publishes(self) -> Iterator[str | None]:
         """Topics this runnable may publish to (None: decided at run time)."""

@@ -77,3 +77,19 @@ def mermaid_labels(mermaid: str) -> list[tuple[str, str]]:
 
     text = re.sub(r"#([A-Za-z0-9_]+);", entity, text)
     return [(label, html.unescape(label)) for label in re.findall(r'\["(.*?)"\]', text)]
+
+
+def counted(calls: list[Any], *, fail_first: int = 0, is_async: bool = False) -> Callable[[Any], Any]:
+    """A step that records each real execution and doubles its input (the first
+    ``fail_first`` executions raise ``RuntimeError``)."""
+
+    def double(x: Any) -> Any:
+        calls.append(x)
+        if len(calls) <= fail_first:
+            raise RuntimeError(f"attempt {len(calls)} failed")
+        return x * 2
+
+    async def adouble(x: Any) -> Any:
+        return double(x)
+
+    return adouble if is_async else double

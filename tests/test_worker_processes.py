@@ -312,3 +312,22 @@ async def test_a_worker_makes_its_own_resources_once_and_closes_them_on_sigterm(
     assert sorted(os.listdir(tmp_path)) == [f"closed-{worker.pid}", f"made-{worker.pid}"]
     assert (tmp_path / f"made-{worker.pid}").read_text() == "made\n"
     assert (tmp_path / f"closed-{worker.pid}").read_text() == "closed\n"
+
+
+async def test_a_second_worker_process_gets_the_first_ones_cached_result(
+    redis_url: str, redis_prefix: str, work_key_cleaned: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached result computed by one worker process is reused by a later one: the step never runs there."""
+    executions = tmp_path / "executions"
+    monkeypatch.setenv("PERMFLOW_TEST_EXECUTIONS_FILE", str(executions))
+    outs = []
+    for run in ("first", "second"):
+        async with worker_processes("cached", redis_url, redis_prefix, count=1) as (worker,):
+            async with client_of(worker_app.cached, redis_url, redis_prefix) as client:
+                with anyio.fail_after(60):
+                    outs.append((worker.pid, await client.ainvoke(4, {"state_id": run})))
+            assert worker.driven == [run]
+    (first_pid, first_out), (second_pid, second_out) = outs
+    assert first_pid != second_pid
+    assert first_out == second_out == [{"value": 40, "pid": first_pid}]
+    assert executions.read_text().split() == [str(first_pid)]

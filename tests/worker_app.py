@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from permflow import PubSub, RedisPubSubConnection, Topic
+from permflow import PubSub, RedisPubSubConnection, RunnableLambda, Topic
 
 #: Seconds the slow steps wait: the workload of a run, long enough for a test
 #: to kill or stop a worker while it holds deliveries.
@@ -133,6 +133,20 @@ with_resources = PubSub(
     Topic.IN.subscribe() | _stamped | Topic.OUT.publish(),
     resources={"marker": _marker},
 )
+
+#: A file each real execution of ``_expensive`` appends its pid to (set by cache tests).
+EXECUTIONS_FILE = os.environ.get("PERMFLOW_TEST_EXECUTIONS_FILE")
+
+
+def _expensive(x: int) -> dict[str, int]:
+    if EXECUTIONS_FILE:
+        with open(EXECUTIONS_FILE, "a") as log:
+            log.write(f"{os.getpid()}\n")
+    return {"value": x * 10, "pid": os.getpid()}
+
+
+#: x → {"value": 10x, "pid"}, cached: a hit returns the pid of the process that computed it.
+cached = PubSub(Topic.IN.subscribe() | RunnableLambda(_expensive).with_cache() | Topic.OUT.publish())
 
 
 def client(pubsub: PubSub, url: str, prefix: str, *, lease: float = 30.0) -> PubSub:

@@ -12,6 +12,7 @@ or (for stores that outlive processes) its lease expires.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,8 +22,12 @@ from typing import NamedTuple
 import anyio
 
 from .._message import Delivery, Message, MessageList
+from .._serialization import JsonSerializer, Serializer
+from ._memory_cache import MemoryCache
 
 __all__ = ["Claim", "Progress", "PubSubConnection", "Subscription"]
+
+_lazy = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,10 @@ class PubSubConnection(ABC):
     #: Seconds after which deliveries held by a silent owner may be reclaimed
     #: by ``fetch``. ``math.inf`` for stores that die with their owners.
     lease: float
+
+    #: How cached step results (``Runnable.with_cache``) are turned into bytes.
+    cache_serializer: Serializer = JsonSerializer()
+    _cache_store: MemoryCache | None = None
 
     @abstractmethod
     async def register(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
@@ -139,6 +148,40 @@ class PubSubConnection(ABC):
     @abstractmethod
     async def adelete(self, state_id: str) -> None:
         """Forget everything about ``state_id``. Deleting an unknown id is a no-op."""
+
+    # -- cached step results: used by ``Runnable.with_cache``.
+    # Optional: these defaults keep them in this process's memory (a bounded LRU).
+
+    async def cache_get(self, name: str, key: str) -> bytes | None:
+        """The bytes stored under ``key`` for the cached step ``name``, or None
+        if there are none (never stored, expired, forgotten or evicted)."""
+        return self._default_cache().get(name, key)
+
+    async def cache_set(self, name: str, key: str, value: bytes, ttl: float | None) -> None:
+        """Store ``value`` under ``key`` for the cached step ``name``, replacing
+        what was there; it expires after ``ttl`` seconds (None: never). Stores
+        may forget entries earlier (a bounded store evicts the least recently
+        used)."""
+        self._default_cache().set(name, key, value, ttl)
+
+    async def aclear_cache(self, name: str | None = None) -> None:
+        """Forget the cached results of the step ``name``, or of every step."""
+        self._default_cache().clear(name)
+
+    def clear_cache(self, name: str | None = None) -> None:
+        """Sync twin of ``aclear_cache``."""
+        from .._portal import run_sync
+
+        run_sync(self.aclear_cache, name)
+
+    def _default_cache(self) -> MemoryCache:
+        store = self._cache_store
+        if store is None:
+            with _lazy:
+                if self._cache_store is None:
+                    self._cache_store = MemoryCache()
+                store = self._cache_store
+        return store
 
     async def read_log(self, state_id: str, after: str | None) -> list[Message]:
         """Messages of ``state_id`` stored after the one with id ``after``

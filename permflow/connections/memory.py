@@ -14,7 +14,9 @@ import anyio
 
 from .._errors import DefinitionError
 from .._message import Delivery, Message, MessageList
+from .._serialization import Serializer, resolve_serializer
 from ._base import Claim, PubSubConnection, Subscription
+from ._memory_cache import DEFAULT_CACHE_SIZE, MemoryCache
 
 __all__ = ["InMemoryPubSubConnection"]
 
@@ -73,11 +75,20 @@ class InMemoryPubSubConnection(PubSubConnection):
     Safe to share between threads and event loops. State of a state id lives
     until ``delete`` (PubSub deletes the state of runs it named itself once
     they finish).
+
+    Cached step results (``Runnable.with_cache``) are kept as bytes made by
+    ``cache_serializer`` (``"json"``, or ``"pickle"`` for any picklable
+    result), at most ``cache_size`` of them (10,000 by default): storing one
+    more forgets the least recently used.
     """
 
     lease = math.inf
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, cache_size: int = DEFAULT_CACHE_SIZE, cache_serializer: str | Serializer = "json"
+    ) -> None:
+        self._cache_store = MemoryCache(cache_size)
+        self.cache_serializer = resolve_serializer(cache_serializer)
         self._states: dict[str, _State] = {}
         self._lock = threading.Lock()
         # work distribution (workers in this process)

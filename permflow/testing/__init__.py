@@ -24,15 +24,24 @@ import pytest
 
 from .._retry import set_retry_waits
 from ..connections._base import PubSubConnection
+from ._cache import CacheSuite
 from ._filters import FilterSuite
 from ._leases import LeaseSuite
 from ._protocol import ProtocolSuite
 from ._runs import RunSuite
 
-__all__ = ["ConnectionSuite", "FilterSuite", "LeaseSuite", "ProtocolSuite", "RunSuite", "set_retry_waits"]
+__all__ = [
+    "CacheSuite",
+    "ConnectionSuite",
+    "FilterSuite",
+    "LeaseSuite",
+    "ProtocolSuite",
+    "RunSuite",
+    "set_retry_waits",
+]
 
 
-class ConnectionSuite(ProtocolSuite, LeaseSuite, RunSuite, FilterSuite):
+class ConnectionSuite(ProtocolSuite, LeaseSuite, RunSuite, FilterSuite, CacheSuite):
     """What every connection must do. Subclasses provide ``connection``."""
 
     pytestmark = pytest.mark.anyio

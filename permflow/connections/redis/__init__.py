@@ -11,6 +11,7 @@ One module per concept::
     _failures.py      Redis errors as permflow errors, with accurate hints
     _runs.py          the run protocol (register, publish, fetch, commit, ...)
     _work.py          work distribution for workers, and run inspection
+    _cache.py         cached step results
     _codec.py         entries and messages, ids, escaping
     _scripts.py       Lua scripts of the run protocol
     _script_lib.py    Lua pieces the scripts share

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..._errors import ConfigError
 from ..._serialization import Serializer
+from ._cache import RedisCache
 from ._core import SOCKET_TIMEOUT
 from ._runs import RedisRuns
 from ._work import RedisWork
@@ -18,7 +19,7 @@ __all__ = ["RedisPubSubConnection"]
 
 
 @final
-class RedisPubSubConnection(RedisRuns, RedisWork):
+class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
     """Stores runs in Redis (≥ 6.2, no modules; Redis Cluster works).
 
     ``RedisPubSubConnection.from_url("redis://...")`` keeps one client per
@@ -40,6 +41,9 @@ class RedisPubSubConnection(RedisRuns, RedisWork):
     shows only the latest ones) and trims topic streams only below what every
     reader has finished with (a process registered later then misses what was
     trimmed).
+
+    Cached step results (``Runnable.with_cache``) are stored with the same
+    ``serializer``, one key per entry (``{prefix}:cache:...``).
 
     Workers (``permflow worker``) claim announced state ids from one stream per
     prefix, ``{prefix}:work``, under the same ``lease``: a worker that stops

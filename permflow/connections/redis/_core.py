@@ -94,6 +94,7 @@ class RedisCore(PubSubConnection):
         self.prefix = prefix
         self.lease = float(lease)
         self.serializer = resolve_serializer(serializer)
+        self.cache_serializer = self.serializer
         self.ttl = ttl
         self.max_stream_length = max_stream_length
         self._lease_ms = _FOREVER_MS if math.isinf(lease) else max(1, int(lease * 1000))
