@@ -27,7 +27,7 @@ from ._client import Bound
 from ._failures import convert
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
 __all__ = ["RedisCore", "forget"]
 
@@ -56,6 +56,21 @@ def _pool_defaults() -> dict[str, Any]:
     }
 
 
+def _cluster_defaults() -> dict[str, Any]:
+    """Options of the Redis Cluster clients permflow makes (``from_url`` options win)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return {
+        "max_connections": 100,  # per node
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "socket_keepalive": True,
+        # permflow resends a call itself, only in a form safe to send twice
+        "retry": Retry(NoBackoff(), 0),
+    }
+
+
 def forget(sets: dict[str, set[str]], key: str, item: str) -> None:
     """Remove ``item`` from ``sets[key]``, and the key once its set is empty."""
     left = sets.get(key)
@@ -71,7 +86,8 @@ class RedisCore(PubSubConnection):
     lease: float = 30.0
     _url: str | None
     _options: dict[str, Any]
-    _given: Redis | None
+    _given: Redis | RedisCluster | None
+    _cluster: bool
     _where: str
     _timeout: float | None
 
@@ -144,19 +160,24 @@ class RedisCore(PubSubConnection):
                 import redis.asyncio
 
                 assert self._url is not None
-                options = {**_pool_defaults(), **self._options}
-                pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
-                client = redis.asyncio.Redis.from_pool(pool)
-            bound = self._bound[loop] = Bound(client, loop, own_pool=self._given is None)
+                if self._cluster:
+                    options = {**_cluster_defaults(), **self._options}
+                    client = redis.asyncio.RedisCluster.from_url(self._url, **options)
+                else:
+                    options = {**_pool_defaults(), **self._options}
+                    pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
+                    client = redis.asyncio.Redis.from_pool(pool)
+            own = self._given is None
+            bound = self._bound[loop] = Bound(client, loop, own_pool=own, cluster=self._cluster)
         return bound
 
     @contextmanager
     def _failures(self, doing: str) -> Iterator[None]:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisClusterException, RedisError
 
         try:
             yield
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise convert(
                 exc, where=self._where, prefix=self.prefix, doing=doing, timeout=self._timeout
             ) from exc
