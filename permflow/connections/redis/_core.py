@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
-from ..._errors import ConfigError
+from ..._errors import ConfigError, ConnectionFailedError
 from ..._message import Message
 from ..._serialization import Serializer, resolve_serializer
 from .._base import PubSubConnection
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 __all__ = ["RedisCore", "forget"]
 
 _FOREVER_MS = 2**62
+#: State ids whose topics a connection remembers (the oldest is forgotten first).
+_MAX_TOPIC_RUNS = 4096
+#: Times a script is sent with the keys of more topics before giving up.
+_MAX_TOPIC_ROUNDS = 8
 #: Seconds a call waits for Redis to answer (or to accept a connection) before
 #: it fails with ConnectionFailedError, for clients permflow makes.
 SOCKET_TIMEOUT = 5.0
@@ -125,6 +129,8 @@ class RedisCore(PubSubConnection):
         # finished: only these are renewed. A claim whose reply never reached its
         # caller (cancelled mid-call) is not, so another worker takes it after the lease.
         self._held: dict[str, set[str]] = {}
+        # state id -> the topics of its run seen here, whose keys its scripts declare.
+        self._topics: dict[str, set[str]] = {}
         # state id -> owners whose release failed: handed back by the next register.
         self._unreleased: dict[str, set[str]] = {}
         self._closed = False
@@ -194,6 +200,41 @@ class RedisCore(PubSubConnection):
         keys = [f"{base}:log", f"{base}:n", f"{base}:reg", f"{base}:topics", f"{base}:chg"]
         return keys, [base, *self._head]
 
+    async def _call(
+        self,
+        bound: Bound,
+        name: str,
+        state_id: str,
+        keys: list[str],
+        args: list[Any],
+        topics: Iterable[str] = (),
+    ) -> Any:
+        """Run script ``name`` of ``state_id`` with ``keys`` and the keys of the
+        run's topics: those known here and ``topics``. A script that needs the
+        keys of other topics changes nothing and names them; it is sent again."""
+        base = args[0]
+        with self._lock:
+            known = self._topics.pop(state_id, set())
+            if len(self._topics) >= _MAX_TOPIC_RUNS:
+                del self._topics[next(iter(self._topics))]
+            known.update(topics)
+            self._topics[state_id] = known
+        for _ in range(_MAX_TOPIC_ROUNDS):
+            with self._lock:
+                names = sorted(known)
+            declared = [*keys]
+            for topic in names:
+                declared += (f"{base}:t:{topic}", f"{base}:r:{topic}")
+            reply = await bound.run(name, declared, args)
+            if not (isinstance(reply, list) and reply and reply[0] == lua.NEED):
+                return reply
+            with self._lock:
+                known.update(codec.text(t) for t in reply[1:])
+        raise ConnectionFailedError(
+            f"the topics of state id {state_id!r} kept changing while a script of it was sent "
+            f"{_MAX_TOPIC_ROUNDS} times; try again"
+        )
+
     def _encode(self, messages: Sequence[Message]) -> list[Any]:
         return codec.encode(messages, self.serializer)
 
@@ -219,7 +260,7 @@ class RedisCore(PubSubConnection):
         for entry_id, attempt, _ in codec.unpack_entries(packed):
             args += (entry_id, abs(int(attempt)) - 1)  # negative: a suspect's
         with self._failures(f"handing back deliveries of process {process!r} of state id {state_id!r}"):
-            await bound.run("UNFETCH", keys, args)
+            await self._call(bound, "UNFETCH", state_id, keys, args, [topic])
 
     async def _read_log_from(self, state_id: str, start: str) -> list[Message]:
         """The log of ``state_id`` from entry ``start`` (``-``: the first) on."""

@@ -105,7 +105,7 @@ class RedisWork(RedisCore):
         keys, args = self._keys(state_id)
         bound = await self._ready()
         with self._failures(doing):
-            await bound.run("MARK", [*keys, self._mark_key(state_id, mark)], [*args, value])
+            await self._call(bound, "MARK", state_id, [*keys, self._mark_key(state_id, mark)], [*args, value])
 
     async def mark_failed(self, state_id: str, record: dict[str, object]) -> None:
         try:
@@ -124,6 +124,7 @@ class RedisWork(RedisCore):
         names = list(dict.fromkeys(processes))
         bound = await self._ready()
         with self._failures(f"following state id {state_id!r}"):
+            keys.append(self._mark_key(state_id, "failed"))
             entries, raw, last, *counts = await bound.run("PROGRESS", keys, [*args, after or "", *names])
         _seen.set((id(self), args[0], last or b"0-0"))
         messages = [self._decode(keys[0], eid, codec.flat(fields), state_id) for eid, fields in entries]

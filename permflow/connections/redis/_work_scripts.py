@@ -90,8 +90,8 @@ return 1
 )
 
 
-# A state id's script (KEYS and ARGV[1..4] as the run scripts), for clients of
-# workers. ARGV[5]: last log id seen ('' for none); ARGV[6..]: processes.
+# A state id's script (KEYS and ARGV[1..4] as the run scripts; KEYS[6]: the
+# failure mark), for clients of workers. ARGV[5]: last log id seen ('' for none); ARGV[6..]: processes.
 # Returns {log entries after it (up to 1,000), failure mark or false, last
 # change id, count of each process} read atomically.
 PROGRESS = (
@@ -100,7 +100,7 @@ PROGRESS = (
 local start = '-'
 if ARGV[5] ~= '' then start = '(' .. ARGV[5] end
 local reply = {redis.call('XRANGE', LOG, start, '+', 'COUNT', 1000)}
-reply[2] = redis.call('GET', base .. ':failed')
+reply[2] = redis.call('GET', KEYS[6])
 local last = redis.call('XREVRANGE', CHG, '+', '-', 'COUNT', 1)
 reply[3] = ''
 if last[1] then reply[3] = last[1][1] end
