@@ -185,7 +185,12 @@ class RedisCore(PubSubConnection):
             yield
         except (RedisError, RedisClusterException, OSError) as exc:
             raise convert(
-                exc, where=self._where, prefix=self.prefix, doing=doing, timeout=self._timeout
+                exc,
+                where=self._where,
+                prefix=self.prefix,
+                doing=doing,
+                timeout=self._timeout,
+                cluster=self._cluster,
             ) from exc
 
     def _block_ms(self, seconds: float) -> int:
