@@ -136,7 +136,7 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     yield prefix
     with redis.Redis.from_url(redis_url) as client:
         keys = list(client.scan_iter(match=f"{{{prefix}:*", count=1000))
-        keys += [f"{{{prefix}}}:{name}" for name in ("work", "stops", "workers")]  # of workers
+        keys += [f"{{{prefix}}}:{name}" for name in ("stops", "workers")]  # of workers
         if keys:
             client.delete(*keys)
 

@@ -105,10 +105,10 @@ class RedisPubSubConnection(RedisRuns, RedisWork):
             raise ConfigError("decode_responses must stay False: values are stored as bytes")
         self = cls.__new__(cls)
         self._configure(prefix, lease, serializer, ttl, max_stream_length)
+        self._where = _redact(url)
         url, self._cluster = cluster_url(url, cluster)
         self._url, self._options, self._given = url, client_options, None
         self._timeout = client_options.get("socket_timeout", SOCKET_TIMEOUT)
-        self._where = _redact(url)
         return self
 
     def __repr__(self) -> str:

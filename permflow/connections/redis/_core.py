@@ -66,7 +66,9 @@ def _cluster_defaults() -> dict[str, Any]:
     from redis.backoff import NoBackoff
 
     return {
-        "max_connections": 100,  # per node
+        # per node; redis-py's cluster client fails a call rather than wait for a free
+        # connection, and each run waiting for changes holds one
+        "max_connections": 1000,
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": SOCKET_TIMEOUT,
         "socket_keepalive": True,

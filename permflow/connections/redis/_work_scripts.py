@@ -1,10 +1,10 @@
 """Lua scripts of work distribution on the Redis connection.
 
-Work for workers lives apart from the runs, in one stream per prefix,
-``{prefix}:work`` (its own hash tag): one entry ``s <state id>`` per
+Work for workers lives apart from the runs, in a few streams per prefix
+(``_work.work_keys``, each its own hash tag): one entry ``s <state id>`` per
 announcement, read by the consumer group ``workers`` (one consumer per worker).
-The scripts get ``KEYS = [work]`` and ``ARGV = [group, worker, ...]`` and touch
-nothing else.
+The scripts get ``KEYS = [work stream]`` and ``ARGV = [group, worker, ...]``
+and touch nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ local WORK, GROUP, ALL = KEYS[1], ARGV[1], 1000000000
 
 # ARGV: group, worker, lease_ms (0: never reclaim), limit. Creates the group if
 # needed, then hands worker the entries of workers silent for lease, then new
-# ones. Returns {id, fields} entries.
+# ones. Returns {{id, fields} entries, the stream's last entry id}.
 CLAIM = (
     _WORK
     + """
@@ -43,7 +43,12 @@ if #out < limit then
     for _, e in ipairs(r[1][2]) do out[#out + 1] = e end
   end
 end
-return out
+local info = redis.call('XINFO', 'STREAM', WORK)
+local last = '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+end
+return {out, last}
 """
 )
 
