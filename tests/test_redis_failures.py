@@ -95,3 +95,17 @@ def test_a_cluster_client_failure_is_a_connection_failure_with_a_hint() -> None:
             raised, where="redis+cluster://h:7000", prefix="p", doing="x", timeout=5.0, cluster=True
         )
         assert type(error) is FAILED and says in str(error), str(error)
+
+
+def test_errors_redis_py_parsed_into_cluster_types_keep_their_hints() -> None:
+    """MovedError, AskError, TryAgainError and ClusterDownError (their code stripped) get cluster hints."""
+    from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+
+    for raised, cluster, says in [
+        (MovedError("7593 127.0.0.1:7001"), False, "redis+cluster://"),
+        (AskError("7593 127.0.0.1:7001"), True, "slots are moving"),
+        (TryAgainError("Multiple keys request during rehashing of slot"), True, "TRYAGAIN"),
+        (ClusterDownError("The cluster is down"), True, "CLUSTERDOWN"),
+    ]:
+        error = convert(raised, where="redis://h:7000/0", prefix="p", doing="x", timeout=5.0, cluster=cluster)
+        assert type(error) is FAILED and says in str(error) and "another program" not in str(error)

@@ -32,7 +32,15 @@ def convert(
     exc: Exception, *, where: str, prefix: str, doing: str, timeout: float | None, cluster: bool = False
 ) -> PermflowError:
     """``exc``, raised by redis-py while ``doing``, as the permflow error to raise."""
-    from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException, ResponseError
+    from redis.exceptions import (
+        AskError,
+        AuthenticationError,
+        ClusterDownError,
+        NoPermissionError,
+        RedisClusterException,
+        ResponseError,
+        TryAgainError,
+    )
     from redis.exceptions import TimeoutError as NoAnswer
 
     reason = str(exc).rstrip(".")
@@ -72,6 +80,11 @@ def convert(
             f"patterns '~{{{prefix}:*' and '~{{{prefix}}}:*' and the commands '{ACL_COMMANDS}' "
             "(see the README, 'Redis users and ACLs')."
         )
+    # redis-py strips the error code of the replies it parses into their own types
+    if isinstance(exc, AskError):  # MovedError too
+        reason = f"{'MOVED' if type(exc).__name__ == 'MovedError' else 'ASK'} {reason}"
+    elif isinstance(exc, ClusterDownError | TryAgainError) and not reason.startswith(_UNAVAILABLE):
+        reason = f"{'TRYAGAIN' if isinstance(exc, TryAgainError) else 'CLUSTERDOWN'} {reason}"
     redirected = reason.startswith(_REDIRECTED) or any(f" {w} " in f" {reason} " for w in _REDIRECTED)
     if redirected and not cluster:
         return ConnectionFailedError(
