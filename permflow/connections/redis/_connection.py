@@ -19,7 +19,7 @@ __all__ = ["RedisPubSubConnection"]
 
 @final
 class RedisPubSubConnection(RedisRuns, RedisWork):
-    """Stores runs in Redis (≥ 6.2, no modules; Redis Cluster works).
+    """Stores runs in Redis (≥ 6.2 or Valkey, no modules), one server or a Redis Cluster.
 
     ``RedisPubSubConnection.from_url("redis://...")`` keeps one client per
     running event loop, so the same connection serves async code and the sync
@@ -41,9 +41,14 @@ class RedisPubSubConnection(RedisRuns, RedisWork):
     reader has finished with (a process registered later then misses what was
     trimmed).
 
-    Workers (``permflow worker``) claim announced state ids from one stream per
-    prefix, ``{prefix}:work``, under the same ``lease``: a worker that stops
-    renewing loses its claims to the next worker that asks.
+    A Redis Cluster is named by a ``redis+cluster://`` (or ``rediss+cluster://``)
+    URL, or ``from_url(..., cluster=True)``, or by passing a
+    ``redis.asyncio.RedisCluster``. Each run's keys share one hash slot, so runs
+    spread over the primaries; each script is sent to its run's primary.
+
+    Workers (``permflow worker``) claim announced state ids from eight streams
+    per prefix (spread over a cluster's primaries), under the same ``lease``: a
+    worker that stops renewing loses its claims to the next worker that asks.
     """
 
     def __init__(
