@@ -65,10 +65,11 @@ def _load(spec: str) -> PubSub:
 
 
 def redis_url(text: str) -> str:
-    """An argparse type: a URL redis-py can connect to."""
-    if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+    """An argparse type: a URL of one Redis server or of a Redis Cluster."""
+    if urlsplit(text).scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         raise argparse.ArgumentTypeError(
-            f"expected redis://host:port/db (or rediss://, unix://), got {text!r}"
+            "expected redis://host:port/db (or rediss://, unix://; redis+cluster://host:port "
+            f"or rediss+cluster:// for a Redis Cluster), got {text!r}"
         )
     return text
 

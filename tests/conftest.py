@@ -4,6 +4,10 @@ Redis is found in this order: ``PERMFLOW_TEST_REDIS_URL``; a server on
 127.0.0.1:6379; a throwaway ``redis-server`` started on a free port (if the
 binary is on PATH). Under ``CI=true`` a missing Redis fails the tests that
 need it; elsewhere they are skipped with the reason.
+
+``store_url`` runs a test twice: on that server and on a real Redis Cluster of
+three primaries that the session starts (``redis-server`` and ``redis-cli``
+from PATH; under ``CI=true`` missing ones are a failure, never a skip).
 """
 
 from __future__ import annotations
@@ -97,6 +101,32 @@ def redis_url() -> Iterator[str]:
         server.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A real Redis Cluster of three primaries for this test session."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        reason = "no Redis Cluster: install redis-server and redis-cli (the redis-server package has both)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from redis_servers import RedisClusterServers
+
+    cluster = RedisClusterServers(masters=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The URL of one Redis server, then of a Redis Cluster (``redis+cluster://``)."""
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return str(request.getfixturevalue("redis_cluster").url)
+
+
 @pytest.fixture
 def redis_prefix(redis_url: str) -> Iterator[str]:
     """A key prefix no other test shares; its keys are removed afterwards."""
@@ -107,7 +137,7 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     with redis.Redis.from_url(redis_url) as client:
         keys = list(client.scan_iter(match=f"{{{prefix}:*", count=1000))
         keys += client.scan_iter(match=f"{prefix}:cache:*", count=1000)  # cached step results
-        keys += [f"{{{prefix}}}:{name}" for name in ("work", "stops", "workers")]  # of workers
+        keys += [f"{{{prefix}}}:{name}" for name in ("stops", "workers")]  # of workers
         if keys:
             client.delete(*keys)
 

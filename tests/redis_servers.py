@@ -16,6 +16,7 @@ is lost).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,7 +28,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-__all__ = ["CuttingProxy", "RedisServer", "free_port"]
+__all__ = ["CuttingProxy", "RedisClusterServers", "RedisServer", "free_port"]
 
 _READY_SECONDS = 10.0
 _STOP_SECONDS = 10.0
@@ -37,6 +38,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too, below the
+    ephemeral range so that neither is handed out meanwhile."""
+    while True:
+        port = random.randrange(20000, 30000)
+        if _bindable(port) and _bindable(port + 10000):
+            return port
 
 
 def _answers_ping(port: int) -> bool:
@@ -224,3 +243,80 @@ class CuttingProxy:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(upstream)
                 tg.start_soon(downstream)
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of ``masters`` primaries (no replicas), each a
+    ``redis-server`` of its own on a free port in one temporary directory.
+
+    ``start`` returns once every node reports ``cluster_state:ok``; ``close``
+    stops every node by its pid. ``url`` is the ``redis+cluster://`` URL of the
+    first node (any node finds the others)."""
+
+    def __init__(self, masters: int = 3) -> None:
+        binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError("redis-server and redis-cli must be on PATH")
+        self.binary, self.cli = binary, cli
+        self.dir = tempfile.mkdtemp(prefix="permflow-cluster-")
+        self.ports: list[int] = []
+        while len(self.ports) < masters:
+            port = _cluster_port()
+            if port not in self.ports:
+                self.ports.append(port)
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self) -> None:
+        for port in self.ports:
+            node_dir = os.path.join(self.dir, str(port))
+            os.mkdir(node_dir)
+            command = [
+                self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", node_dir,
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no",
+            ]  # fmt: skip
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            self.processes.append(subprocess.Popen(command, **quiet))
+        deadline = time.monotonic() + _READY_SECONDS
+        for port in self.ports:
+            while not _answers_ping(port):
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError(f"redis-server did not start on port {port}")
+                time.sleep(0.02)  # waiting for an external server to listen, not synchronising tests
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=_READY_SECONDS,
+        )  # fmt: skip
+        for port in self.ports:
+            with self.admin(port) as client:
+                while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    if time.monotonic() > deadline:
+                        self.close()
+                        raise RuntimeError("the test cluster did not reach cluster_state:ok")
+                    time.sleep(0.05)  # waiting for the nodes to agree, not synchronising tests
+
+    def admin(self, port: int) -> Any:
+        """A plain sync client on one node (close it after use)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+
+    def close(self) -> None:
+        """Stop every node by its pid and remove the directory."""
+        processes, self.processes = self.processes, []
+        for process in processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(_STOP_SECONDS)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -18,28 +18,29 @@ class TestInMemoryConnection(ConnectionSuite):
 
 
 class TestRedisConnection(ConnectionSuite):
-    """The same suite against a real Redis server (redis-py supports asyncio only)."""
+    """The same suite against a real Redis server and a real Redis Cluster
+    (redis-py supports asyncio only)."""
 
     @pytest.fixture
     def anyio_backend(self) -> str:
         return "asyncio"
 
     @pytest.fixture
-    async def connection(self, redis_url: str, redis_prefix: str) -> AsyncIterator[PubSubConnection]:
+    async def connection(self, store_url: str, redis_prefix: str) -> AsyncIterator[PubSubConnection]:
         from permflow import RedisPubSubConnection
 
-        conn = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0)
+        conn = RedisPubSubConnection.from_url(store_url, prefix=redis_prefix, lease=5.0)
         try:
             yield conn
         finally:
             await conn.aclose()
 
     @pytest.fixture
-    async def lease_connection(self, redis_url: str, redis_prefix: str) -> AsyncIterator[PubSubConnection]:
+    async def lease_connection(self, store_url: str, redis_prefix: str) -> AsyncIterator[PubSubConnection]:
         """A short lease, so that the lease tests wait half a second, not five."""
         from permflow import RedisPubSubConnection
 
-        conn = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=0.5)
+        conn = RedisPubSubConnection.from_url(store_url, prefix=redis_prefix, lease=0.5)
         try:
             yield conn
         finally:

@@ -57,3 +57,55 @@ def test_a_script_denied_by_acl_is_recognised_without_the_noperm_word() -> None:
     reason = "ERR The user executing the script can't run this command or subcommand script: abc"
     text = str(converted(ResponseError(reason)))
     assert text.count("NOPERM") == 1 and "'~{myapp:*'" in text
+
+
+@pytest.mark.parametrize(
+    ("raised", "cluster", "says"),
+    [
+        (ResponseError("MOVED 7593 127.0.0.1:7001"), False, "redis+cluster://"),
+        (ResponseError("ASK 7593 127.0.0.1:7001"), False, "cluster=True"),
+        (ResponseError("MOVED 7593 127.0.0.1:7001"), True, "slots are moving"),
+        (ResponseError("ERR Script attempted to access a non local key in a cluster node script: f"), True,
+         "slots are moving"),
+        (ResponseError("CROSSSLOT Keys in request don't hash to the same slot"), True, "slots are moving"),
+        (ResponseError("TRYAGAIN Multiple keys request during rehashing of slot"), True, "cannot serve"),
+        (ResponseError("CLUSTERDOWN Hash slot not served"), True, "--cluster check"),
+        (ResponseError("ERR user_script:3: Unknown Redis command called from script script: 1a"), False,
+         "6.2"),
+    ],
+)  # fmt: skip
+def test_cluster_failures_get_cluster_hints(raised: Exception, cluster: bool, says: str) -> None:
+    """Redirections, keys another node serves and unknown commands say so, never 'another program'."""
+    error = convert(
+        raised, where="redis://h:7000/0", prefix="myapp", doing="committing", timeout=5.0, cluster=cluster
+    )
+    assert type(error) is FAILED
+    assert says in str(error) and "another program" not in str(error) and "committing" in str(error)
+
+
+def test_a_cluster_client_failure_is_a_connection_failure_with_a_hint() -> None:
+    """redis-py's RedisClusterException (not a RedisError) becomes a ConnectionFailedError."""
+    from redis.exceptions import RedisClusterException, SlotNotCoveredError
+
+    for raised, says in [
+        (RedisClusterException("Cluster mode is not enabled on this node"), "without '+cluster'"),
+        (SlotNotCoveredError("Slot 12 not covered by the cluster"), "cover every hash slot"),
+    ]:
+        error = convert(
+            raised, where="redis+cluster://h:7000", prefix="p", doing="x", timeout=5.0, cluster=True
+        )
+        assert type(error) is FAILED and says in str(error), str(error)
+
+
+def test_errors_redis_py_parsed_into_cluster_types_keep_their_hints() -> None:
+    """MovedError, AskError, TryAgainError and ClusterDownError (their code stripped) get cluster hints."""
+    from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+
+    for raised, cluster, says in [
+        (MovedError("7593 127.0.0.1:7001"), False, "redis+cluster://"),
+        (AskError("7593 127.0.0.1:7001"), True, "slots are moving"),
+        (TryAgainError("Multiple keys request during rehashing of slot"), True, "TRYAGAIN"),
+        (ClusterDownError("The cluster is down"), True, "CLUSTERDOWN"),
+    ]:
+        error = convert(raised, where="redis://h:7000/0", prefix="p", doing="x", timeout=5.0, cluster=cluster)
+        assert type(error) is FAILED and says in str(error) and "another program" not in str(error)

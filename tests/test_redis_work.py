@@ -32,7 +32,7 @@ async def _connect(
         yield c
     async for k in raw.scan_iter(match=f"{{{prefix}:*"):
         await raw.delete(k)
-    await raw.delete(f"{{{prefix}}}:work", f"{{{prefix}}}:stops", f"{{{prefix}}}:workers")
+    await raw.delete(f"{{{prefix}}}:stops", f"{{{prefix}}}:workers")
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ async def test_announce_claim_finish_round_trip(
     assert claim.state_id == "s"
     assert await conn.claim("w2", limit=5, max_seconds=0) == []
     await conn.finish(claim)
-    assert await raw.xlen(f"{{{redis_prefix}}}:work") == 0
+    assert await raw.xlen(conn._work_key("s")) == 0
     assert await conn.claim("w1", limit=5, max_seconds=0) == []
 
 
@@ -132,7 +132,7 @@ async def test_a_silent_worker_loses_its_claim_after_the_lease(
     assert taken.state_id == "s" and time.monotonic() - started >= 0.5
     # The silent worker's late finish does not touch what w2 now holds.
     await short.finish(lost)
-    pending = await raw.xpending(f"{{{redis_prefix}}}:work", "workers")
+    pending = await raw.xpending(short._work_key("s"), "workers")
     assert pending["pending"] == 1 and [c["name"] for c in pending["consumers"]] == [b"w2"]
     await short.finish(taken)
     assert await short.claim("w3", limit=5, max_seconds=0) == []
@@ -156,7 +156,7 @@ async def test_a_claim_whose_reply_was_lost_is_not_renewed(
     """An entry read for a worker but never handed to it (a cancelled claim) lapses despite renewals."""
     assert await short.claim("w1", limit=1, max_seconds=0) == []  # creates the group
     await short.announce("orphan")
-    await raw.xreadgroup("workers", "w1", {f"{{{redis_prefix}}}:work": ">"}, count=1)
+    await raw.xreadgroup("workers", "w1", {short._work_key("orphan"): ">"}, count=1)
     await short.announce("kept")
     kept = await claim_one(short, "w1")
     assert kept.state_id == "kept"

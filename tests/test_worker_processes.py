@@ -21,7 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import anyio.abc
 import pytest
-import redis.asyncio
 import worker_app
 from helpers import each_line
 
@@ -36,15 +35,6 @@ LEASE = 2.0
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-async def work_key_cleaned(redis_url: str, redis_prefix: str) -> AsyncIterator[None]:
-    """Also remove the prefix's announcement stream (``redis_prefix`` removes run keys)."""
-    yield
-    raw = redis.asyncio.Redis.from_url(redis_url)
-    await raw.delete(f"{{{redis_prefix}}}:work")
-    await raw.aclose()
 
 
 class WorkerProcess:
@@ -87,7 +77,7 @@ class WorkerProcess:
 @asynccontextmanager
 async def worker_processes(
     target: str,
-    redis_url: str,
+    store_url: str,
     prefix: str,
     *,
     count: int = 2,
@@ -115,7 +105,7 @@ async def worker_processes(
                 name = f"w{k + 1}"
                 command = [
                     sys.executable, "-m", "permflow", "worker", f"tests.worker_app:{target}",
-                    "--redis", redis_url, "--prefix", prefix, "--lease", str(LEASE),
+                    "--redis", store_url, "--prefix", prefix, "--lease", str(LEASE),
                     "--concurrency", str(concurrency), "--name", name, "--grace", str(grace),
                     "--log-level", "debug",
                 ]  # fmt: skip
@@ -142,8 +132,8 @@ async def worker_processes(
 
 
 @asynccontextmanager
-async def client_of(pubsub: PubSub, redis_url: str, prefix: str) -> AsyncIterator[PubSub]:
-    client = worker_app.client(pubsub, redis_url, prefix, lease=LEASE)
+async def client_of(pubsub: PubSub, store_url: str, prefix: str) -> AsyncIterator[PubSub]:
+    client = worker_app.client(pubsub, store_url, prefix, lease=LEASE)
     try:
         yield client
     finally:
@@ -164,10 +154,10 @@ async def stored_pairs(client: PubSub, state_id: str) -> list[tuple[str, Any]]:
 
 
 async def test_a_worker_names_its_redis_url_without_password_and_its_prefix(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None
+    store_url: str, redis_prefix: str
 ) -> None:
     """A worker's start line names the Redis URL, with the password redacted, and the key prefix."""
-    parts = urlsplit(redis_url)
+    parts = urlsplit(store_url)
     password = parts.password
     if password is None:  # a server without a password accepts any for its default user
         password = "s3cret-pw"
@@ -181,12 +171,12 @@ async def test_a_worker_names_its_redis_url_without_password_and_its_prefix(
 
 
 async def test_two_worker_processes_run_a_batch_of_200_three_process_chains(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None, tmp_path: Path
+    store_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
     """200 runs submitted at once all return the right value, and both workers computed some
     (forced: a worker's first result waits until the other worker produced one too)."""
-    async with worker_processes("chain", redis_url, redis_prefix, meet_dir=tmp_path) as workers:
-        async with client_of(worker_app.chain, redis_url, redis_prefix) as client:
+    async with worker_processes("chain", store_url, redis_prefix, meet_dir=tmp_path) as workers:
+        async with client_of(worker_app.chain, store_url, redis_prefix) as client:
             with anyio.fail_after(120):
                 results = await client.abatch(list(range(200)))
     assert [[out["value"] for out in run] for run in results] == [[(x + 1) * 2] for x in range(200)]
@@ -212,12 +202,12 @@ async def submitting(
 
 
 async def test_a_killed_worker_loses_no_run_and_stores_nothing_twice(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None
+    store_url: str, redis_prefix: str
 ) -> None:
     """After SIGKILL of a worker holding runs, the other finishes them, storing each message once."""
     configs = [{"state_id": f"kill-{x}"} for x in range(40)]
-    async with worker_processes("slow_chain", redis_url, redis_prefix) as (victim, survivor):
-        async with client_of(worker_app.slow_chain, redis_url, redis_prefix) as client:
+    async with worker_processes("slow_chain", store_url, redis_prefix) as (victim, survivor):
+        async with client_of(worker_app.slow_chain, store_url, redis_prefix) as client:
             with anyio.fail_after(120):
                 async with submitting(client, list(range(40)), configs) as results:
                     await victim.wait_for_runs(3)
@@ -233,13 +223,13 @@ async def test_a_killed_worker_loses_no_run_and_stores_nothing_twice(
 
 
 async def test_sigterm_lets_a_worker_finish_within_its_grace_period_and_lose_nothing(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None
+    store_url: str, redis_prefix: str
 ) -> None:
     """A worker sent SIGTERM mid-run exits with code 0 within its grace period; every run completes."""
     grace = 5.0
     configs = [{"state_id": f"term-{x}"} for x in range(40)]
-    async with worker_processes("slow_chain", redis_url, redis_prefix, grace=grace) as (stopped, other):
-        async with client_of(worker_app.slow_chain, redis_url, redis_prefix) as client:
+    async with worker_processes("slow_chain", store_url, redis_prefix, grace=grace) as (stopped, other):
+        async with client_of(worker_app.slow_chain, store_url, redis_prefix) as client:
             with anyio.fail_after(120):
                 async with submitting(client, list(range(40)), configs) as results:
                     await stopped.wait_for_runs(3)
@@ -258,11 +248,11 @@ async def test_sigterm_lets_a_worker_finish_within_its_grace_period_and_lose_not
 
 
 async def test_a_join_over_a_fan_out_spread_over_two_workers_fires_once(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None, tmp_path: Path
+    store_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
     """Fifty squares computed by both workers (forced, as above) are joined once into the right sum."""
-    async with worker_processes("fan_out", redis_url, redis_prefix, meet_dir=tmp_path) as workers:
-        async with client_of(worker_app.fan_out, redis_url, redis_prefix) as client:
+    async with worker_processes("fan_out", store_url, redis_prefix, meet_dir=tmp_path) as workers:
+        async with client_of(worker_app.fan_out, store_url, redis_prefix) as client:
             with anyio.fail_after(60):
                 out = await client.ainvoke(50, {"state_id": "fan"})
             topics = [m.topic for m in await client.apeek("fan")]

@@ -13,6 +13,14 @@ with calls on the wire, each call whose reply was lost is sent once more on a
 fresh connection, in a form that is safe whether or not the first one ran
 (``AGAIN``). A server that does not answer at all is not retried: the call
 fails after the socket timeout.
+
+On a Redis Cluster client each script goes to the primary of its run's hash
+slot by itself (every script declares its keys, which share one slot), at most
+``_CLUSTER_CONCURRENCY`` at once per loop. redis-py follows MOVED and ASK
+redirections and waits out TRYAGAIN; a call refused with CLUSTERDOWN (never
+executed) is sent again for up to ``_CLUSTER_RETRY_SECONDS``, and a dropped
+connection is handled as above. redis-py's own resending is bypassed (calls
+name their node), so no call is ever executed twice by accident.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from . import _scripts as lua
 from . import _work_scripts as work_lua
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
 __all__ = ["Bound"]
 
@@ -66,15 +74,30 @@ AGAIN = {"COMMIT": "RECOMMIT", "PUBLISH": "REPUBLISH", "FETCH": "REFETCH", "ACK_
 
 _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
 
+#: Script calls one loop has on the wire at once on a Redis Cluster client
+#: (each takes a connection of its node's pool, 100 by default).
+_CLUSTER_CONCURRENCY = 32
+#: How long a call refused by a cluster that is down or changing (CLUSTERDOWN,
+#: an uncovered slot) is sent again before it fails.
+_CLUSTER_RETRY_SECONDS = 5.0
+
 
 class Bound:
     """One redis client and its scripts, bound to one event loop."""
 
     def __init__(
-        self, client: Redis, loop: asyncio.AbstractEventLoop, *, own_pool: bool, reconnects: bool = True
+        self,
+        client: Redis | RedisCluster,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        own_pool: bool,
+        reconnects: bool = True,
+        cluster: bool = False,
     ) -> None:
         self.client: Any = client  # replies are parsed by hand by the connection
         self.loop = loop
+        self.cluster = cluster
+        self._slots = asyncio.Semaphore(_CLUSTER_CONCURRENCY) if cluster else None
         self.scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
         # (state id, process, owner) -> FETCH reply a commit fetched ahead. The engine
         # asks for it right after the commit returns, before this loop runs anything
@@ -150,6 +173,8 @@ class Bound:
         from redis.exceptions import AuthenticationError, NoScriptError
         from redis.exceptions import ConnectionError as Dropped
 
+        if self.cluster:
+            return list(await asyncio.gather(*(self._cluster_call(*call) for call in calls)))
         replies: list[Any] = []
         try:
             await self._write_read(calls, alone, replies)
@@ -174,6 +199,47 @@ class Bound:
             for k, reply in zip(missing, again, strict=True):
                 replies[k] = reply
         return replies
+
+    async def _cluster_call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """One script on the primary of its slot: its reply, or the exception
+        Redis refused it with (anything else is raised)."""
+        from redis.exceptions import (
+            AuthenticationError,
+            ClusterDownError,
+            NoScriptError,
+            ResponseError,
+            SlotNotCoveredError,
+        )
+        from redis.exceptions import ConnectionError as Dropped
+
+        assert self._slots is not None
+        client = self.client
+        deadline = self.loop.time() + _CLUSTER_RETRY_SECONDS
+        resent = loaded = False
+        async with self._slots:
+            while True:
+                try:
+                    await client.initialize()  # after a failure, the client maps the slots anew
+                    node = client.get_node_from_key(keys[0]) if keys else client.get_random_node()
+                    sha = self.scripts[name].sha
+                    command = ("EVALSHA", sha, len(keys), *keys, *args)
+                    return await client.execute_command(*command, target_nodes=node)
+                except NoScriptError:
+                    if loaded:
+                        raise
+                    loaded = True  # this node forgot the script (restart, SCRIPT FLUSH, new node)
+                    await client.script_load(self.scripts[name].script)
+                except (ClusterDownError, SlotNotCoveredError):
+                    if self.loop.time() > deadline:  # refused, so never executed: safe to resend
+                        raise
+                    await asyncio.sleep(0.1)
+                except ResponseError as exc:
+                    return exc
+                except Dropped as exc:
+                    if isinstance(exc, AuthenticationError) or not self._reconnects or resent:
+                        raise
+                    resent = True  # the reply was lost: send it once more, in a form safe twice
+                    name = AGAIN.get(name, name)
 
     async def _write_read(
         self, calls: list[tuple[str, list[str], list[Any]]], alone: bool, replies: list[Any]

@@ -13,14 +13,14 @@ from ._runs import RedisRuns
 from ._work import RedisWork
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
 __all__ = ["RedisPubSubConnection"]
 
 
 @final
 class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
-    """Stores runs in Redis (≥ 6.2, no modules; Redis Cluster works).
+    """Stores runs in Redis (≥ 6.2 or Valkey, no modules), one server or a Redis Cluster.
 
     ``RedisPubSubConnection.from_url("redis://...")`` keeps one client per
     running event loop, so the same connection serves async code and the sync
@@ -43,16 +43,22 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
     trimmed).
 
     Cached step results (``Runnable.with_cache``) are stored with the same
-    ``serializer``, one key per entry (``{prefix}:cache:...``).
+    ``serializer``, one key per entry (``{prefix}:cache:...``, spread over a
+    cluster's slots).
 
-    Workers (``permflow worker``) claim announced state ids from one stream per
-    prefix, ``{prefix}:work``, under the same ``lease``: a worker that stops
-    renewing loses its claims to the next worker that asks.
+    A Redis Cluster is named by a ``redis+cluster://`` (or ``rediss+cluster://``)
+    URL, or ``from_url(..., cluster=True)``, or by passing a
+    ``redis.asyncio.RedisCluster``. Each run's keys share one hash slot, so runs
+    spread over the primaries; each script is sent to its run's primary.
+
+    Workers (``permflow worker``) claim announced state ids from eight streams
+    per prefix (spread over a cluster's primaries), under the same ``lease``: a
+    worker that stops renewing loses its claims to the next worker that asks.
     """
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RedisCluster,
         *,
         prefix: str = "permflow",
         lease: float = 30.0,
@@ -60,15 +66,22 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
         ttl: float | None = None,
         max_stream_length: int | None = None,
     ) -> None:
+        from redis.asyncio.cluster import RedisCluster
+
         self._configure(prefix, lease, serializer, ttl, max_stream_length)
         kwargs: dict[str, Any] = cast(Any, client).get_connection_kwargs()
         if kwargs.get("decode_responses"):
             raise ConfigError("the redis client must be made with decode_responses=False (values are bytes)")
         self._url: str | None = None
         self._options: dict[str, Any] = {}
-        self._given: Redis | None = client
+        self._given: Redis | RedisCluster | None = client
+        self._cluster = isinstance(client, RedisCluster)
         self._timeout = kwargs.get("socket_timeout")
-        self._where = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+        if isinstance(client, RedisCluster):
+            nodes = list(client.nodes_manager.startup_nodes.values())
+            self._where = f"redis+cluster://{nodes[0].name if nodes else '?'}"
+        else:
+            self._where = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
     @classmethod
     def from_url(
@@ -80,6 +93,7 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
         serializer: str | Serializer = "json",
         ttl: float | None = None,
         max_stream_length: int | None = None,
+        cluster: bool = False,
         **client_options: Any,
     ) -> RedisPubSubConnection:
         """Connect lazily to ``url`` (``redis://``, ``rediss://``, ``unix://``,
@@ -87,6 +101,11 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
         ``redis.asyncio.BlockingConnectionPool.from_url`` (``ssl_ca_certs`` …).
         Each event loop gets a pool of ``max_connections`` (100) connections;
         callers wait for a free one (``timeout``: forever).
+
+        A Redis Cluster is named by its URL scheme, ``redis+cluster://host:port``
+        (``rediss+cluster://`` with TLS), any node of it; ``cluster=True`` with a
+        ``redis://`` URL is the same. ``client_options`` then go to
+        ``redis.asyncio.RedisCluster.from_url`` (``max_connections`` per node).
 
         ``socket_timeout`` and ``socket_connect_timeout`` (5 s) bound how long one
         call waits for a server that does not answer (frozen, partitioned); it
@@ -96,13 +115,29 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
             raise ConfigError("decode_responses must stay False: values are stored as bytes")
         self = cls.__new__(cls)
         self._configure(prefix, lease, serializer, ttl, max_stream_length)
+        self._where = _redact(url)
+        url, self._cluster = cluster_url(url, cluster)
         self._url, self._options, self._given = url, client_options, None
         self._timeout = client_options.get("socket_timeout", SOCKET_TIMEOUT)
-        self._where = _redact(url)
         return self
 
     def __repr__(self) -> str:
         return f"<RedisPubSubConnection {self._where} prefix={self.prefix!r} lease={self.lease}>"
+
+
+#: URL schemes of a Redis Cluster, and the scheme redis-py takes for each.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def cluster_url(url: str, cluster: bool) -> tuple[str, bool]:
+    """``url`` as redis-py takes it, and whether it names a Redis Cluster."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    if plain is not None:
+        return f"{plain}{sep}{rest}", True
+    if cluster and scheme.lower() not in ("redis", "rediss"):
+        raise ConfigError(f"a Redis Cluster is reached over redis:// or rediss://, got {_redact(url)!r}")
+    return url, cluster
 
 
 def _redact(url: str) -> str:

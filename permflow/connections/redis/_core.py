@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
-from ..._errors import ConfigError
+from ..._errors import ConfigError, ConnectionFailedError
 from ..._message import Message
 from ..._serialization import Serializer, resolve_serializer
 from .._base import PubSubConnection
@@ -27,11 +27,15 @@ from ._client import Bound
 from ._failures import convert
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
 __all__ = ["RedisCore", "forget"]
 
 _FOREVER_MS = 2**62
+#: State ids whose topics a connection remembers (the oldest is forgotten first).
+_MAX_TOPIC_RUNS = 4096
+#: Times a script is sent with the keys of more topics before giving up.
+_MAX_TOPIC_ROUNDS = 8
 #: Seconds a call waits for Redis to answer (or to accept a connection) before
 #: it fails with ConnectionFailedError, for clients permflow makes.
 SOCKET_TIMEOUT = 5.0
@@ -56,6 +60,23 @@ def _pool_defaults() -> dict[str, Any]:
     }
 
 
+def _cluster_defaults() -> dict[str, Any]:
+    """Options of the Redis Cluster clients permflow makes (``from_url`` options win)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return {
+        # per node; redis-py's cluster client fails a call rather than wait for a free
+        # connection, and each run waiting for changes holds one
+        "max_connections": 1000,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "socket_keepalive": True,
+        # permflow resends a call itself, only in a form safe to send twice
+        "retry": Retry(NoBackoff(), 0),
+    }
+
+
 def forget(sets: dict[str, set[str]], key: str, item: str) -> None:
     """Remove ``item`` from ``sets[key]``, and the key once its set is empty."""
     left = sets.get(key)
@@ -71,7 +92,8 @@ class RedisCore(PubSubConnection):
     lease: float = 30.0
     _url: str | None
     _options: dict[str, Any]
-    _given: Redis | None
+    _given: Redis | RedisCluster | None
+    _cluster: bool
     _where: str
     _timeout: float | None
 
@@ -110,6 +132,8 @@ class RedisCore(PubSubConnection):
         # finished: only these are renewed. A claim whose reply never reached its
         # caller (cancelled mid-call) is not, so another worker takes it after the lease.
         self._held: dict[str, set[str]] = {}
+        # state id -> the topics of its run seen here, whose keys its scripts declare.
+        self._topics: dict[str, set[str]] = {}
         # state id -> owners whose release failed: handed back by the next register.
         self._unreleased: dict[str, set[str]] = {}
         self._closed = False
@@ -145,21 +169,31 @@ class RedisCore(PubSubConnection):
                 import redis.asyncio
 
                 assert self._url is not None
-                options = {**_pool_defaults(), **self._options}
-                pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
-                client = redis.asyncio.Redis.from_pool(pool)
-            bound = self._bound[loop] = Bound(client, loop, own_pool=self._given is None)
+                if self._cluster:
+                    options = {**_cluster_defaults(), **self._options}
+                    client = redis.asyncio.RedisCluster.from_url(self._url, **options)
+                else:
+                    options = {**_pool_defaults(), **self._options}
+                    pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
+                    client = redis.asyncio.Redis.from_pool(pool)
+            own = self._given is None
+            bound = self._bound[loop] = Bound(client, loop, own_pool=own, cluster=self._cluster)
         return bound
 
     @contextmanager
     def _failures(self, doing: str) -> Iterator[None]:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisClusterException, RedisError
 
         try:
             yield
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise convert(
-                exc, where=self._where, prefix=self.prefix, doing=doing, timeout=self._timeout
+                exc,
+                where=self._where,
+                prefix=self.prefix,
+                doing=doing,
+                timeout=self._timeout,
+                cluster=self._cluster,
             ) from exc
 
     def _block_ms(self, seconds: float) -> int:
@@ -177,6 +211,41 @@ class RedisCore(PubSubConnection):
         base = self._base(state_id)
         keys = [f"{base}:log", f"{base}:n", f"{base}:reg", f"{base}:topics", f"{base}:chg"]
         return keys, [base, *self._head]
+
+    async def _call(
+        self,
+        bound: Bound,
+        name: str,
+        state_id: str,
+        keys: list[str],
+        args: list[Any],
+        topics: Iterable[str] = (),
+    ) -> Any:
+        """Run script ``name`` of ``state_id`` with ``keys`` and the keys of the
+        run's topics: those known here and ``topics``. A script that needs the
+        keys of other topics changes nothing and names them; it is sent again."""
+        base = args[0]
+        with self._lock:
+            known = self._topics.pop(state_id, set())
+            if len(self._topics) >= _MAX_TOPIC_RUNS:
+                del self._topics[next(iter(self._topics))]
+            known.update(topics)
+            self._topics[state_id] = known
+        for _ in range(_MAX_TOPIC_ROUNDS):
+            with self._lock:
+                names = sorted(known)
+            declared = [*keys]
+            for topic in names:
+                declared += (f"{base}:t:{topic}", f"{base}:r:{topic}")
+            reply = await bound.run(name, declared, args)
+            if not (isinstance(reply, list) and reply and reply[0] == lua.NEED):
+                return reply
+            with self._lock:
+                known.update(codec.text(t) for t in reply[1:])
+        raise ConnectionFailedError(
+            f"the topics of state id {state_id!r} kept changing while a script of it was sent "
+            f"{_MAX_TOPIC_ROUNDS} times; try again"
+        )
 
     def _encode(self, messages: Sequence[Message]) -> list[Any]:
         return codec.encode(messages, self.serializer)
@@ -203,7 +272,7 @@ class RedisCore(PubSubConnection):
         for entry_id, attempt, _ in codec.unpack_entries(packed):
             args += (entry_id, abs(int(attempt)) - 1)  # negative: a suspect's
         with self._failures(f"handing back deliveries of process {process!r} of state id {state_id!r}"):
-            await bound.run("UNFETCH", keys, args)
+            await self._call(bound, "UNFETCH", state_id, keys, args, [topic])
 
     async def _read_log_from(self, state_id: str, start: str) -> list[Message]:
         """The log of ``state_id`` from entry ``start`` (``-``: the first) on."""

@@ -1,9 +1,10 @@
 """Redis failures as permflow errors, each with a hint that fits what happened.
 
 A dropped or refused connection, a server that does not answer, bad
-credentials, a missing ACL permission, a cluster node, a server too old for
-the commands permflow needs, and a key of the wrong type (corrupt data) each
-say so, and what to do about it. Corrupt or missing data is a
+credentials, a missing ACL permission, a cluster node reached without cluster
+mode, a cluster that is down or moving slots, a server too old for the commands
+permflow needs, and a key of the wrong type (corrupt data) each say so, and
+what to do about it. Corrupt or missing data is a
 ``CorruptEntryError`` (the run is broken, the store is fine); everything else a
 ``ConnectionFailedError`` (the store, or the way to it, is at fault).
 """
@@ -19,18 +20,42 @@ __all__ = ["ACL_COMMANDS", "convert"]
 #: and ACLs"; tested in tests/test_faults.py).
 ACL_COMMANDS = "+@scripting +@stream +@hash +@set +@string +@keyspace -@dangerous"
 
-_CLUSTER = ("MOVED", "ASK", "CROSSSLOT")
+_REDIRECTED = ("MOVED", "ASK")
+#: Replies about keys a cluster node does not serve (a slot moving, or keys of
+#: several slots in one call): about the cluster's layout, not the data.
+_NOT_LOCAL = ("CROSSSLOT", "non local key", "non-local key", "not served by this node")
 #: Replies of a server that is up but cannot serve now: an outage, not bad data.
 _UNAVAILABLE = ("OOM", "BUSY", "READONLY", "MASTERDOWN", "NOREPLICAS", "LOADING", "TRYAGAIN", "CLUSTERDOWN")
 
 
-def convert(exc: Exception, *, where: str, prefix: str, doing: str, timeout: float | None) -> PermflowError:
+def convert(
+    exc: Exception, *, where: str, prefix: str, doing: str, timeout: float | None, cluster: bool = False
+) -> PermflowError:
     """``exc``, raised by redis-py while ``doing``, as the permflow error to raise."""
-    from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+    from redis.exceptions import (
+        AskError,
+        AuthenticationError,
+        ClusterDownError,
+        NoPermissionError,
+        RedisClusterException,
+        ResponseError,
+        TryAgainError,
+    )
     from redis.exceptions import TimeoutError as NoAnswer
 
     reason = str(exc).rstrip(".")
     head = f"Redis at {where}"
+    if isinstance(exc, RedisClusterException):
+        if "not enabled" in reason.lower():
+            return ConnectionFailedError(
+                f"{head} is not a Redis Cluster, while {doing}: {reason}. Connect to one server "
+                "with redis:// (or rediss://), without '+cluster' and cluster=True."
+            )
+        return ConnectionFailedError(
+            f"The Redis Cluster at {where} could not serve a call while {doing}: "
+            f"{type(exc).__name__}: {reason}. Check that its nodes are reachable and cover every "
+            "hash slot (redis-cli --cluster check HOST:PORT); the next call maps the cluster anew."
+        )
     if isinstance(exc, AuthenticationError) or reason.startswith(("NOAUTH", "WRONGPASS", "invalid username")):
         return ConnectionFailedError(
             f"{head} refused the credentials while {doing}: {reason}. Check the user name and "
@@ -55,12 +80,27 @@ def convert(exc: Exception, *, where: str, prefix: str, doing: str, timeout: flo
             f"patterns '~{{{prefix}:*' and '~{{{prefix}}}:*' and the commands '{ACL_COMMANDS}' "
             "(see the README, 'Redis users and ACLs')."
         )
-    if reason.startswith(_CLUSTER) or any(f" {word} " in f" {reason} " for word in _CLUSTER):
+    # redis-py strips the error code of the replies it parses into their own types
+    if isinstance(exc, AskError):  # MovedError too
+        reason = f"{'MOVED' if type(exc).__name__ == 'MovedError' else 'ASK'} {reason}"
+    elif isinstance(exc, ClusterDownError | TryAgainError) and not reason.startswith(_UNAVAILABLE):
+        reason = f"{'TRYAGAIN' if isinstance(exc, TryAgainError) else 'CLUSTERDOWN'} {reason}"
+    redirected = reason.startswith(_REDIRECTED) or any(f" {w} " in f" {reason} " for w in _REDIRECTED)
+    if redirected and not cluster:
         return ConnectionFailedError(
-            f"{head} answered as a Redis Cluster node while {doing}: {reason}. "
-            "RedisPubSubConnection needs one Redis server (a primary), not a cluster."
+            f"{head} is a Redis Cluster node, and the keys of this call live on another node, "
+            f"while {doing}: {reason}. Connect in cluster mode: redis+cluster://host:port (or "
+            "from_url(..., cluster=True), or pass a redis.asyncio.RedisCluster client)."
         )
-    if "unknown command" in reason.lower() or "unknown subcommand" in reason.lower():
+    if redirected or any(word.lower() in reason.lower() for word in _NOT_LOCAL):
+        return ConnectionFailedError(
+            f"The Redis Cluster at {where} kept sending a call elsewhere while {doing}: {reason}. "
+            "Its slots are moving (resharding, failover) or its nodes disagree about them; nothing "
+            "was changed by the refused call. Try again once the cluster settles "
+            "(redis-cli --cluster check HOST:PORT)."
+        )
+    lowered = reason.lower()
+    if any(text in lowered for text in ("unknown command", "unknown subcommand", "unknown redis command")):
         return ConnectionFailedError(
             f"{head} does not know a command permflow needs while {doing}: {reason}. permflow "
             "needs Redis 6.2 or later (or Valkey)."
@@ -68,7 +108,8 @@ def convert(exc: Exception, *, where: str, prefix: str, doing: str, timeout: flo
     if reason.startswith(_UNAVAILABLE):
         return ConnectionFailedError(
             f"{head} cannot serve requests now, while {doing}: {reason}. permflow retries where it "
-            "is safe; check the server (memory, replication, a long script)."
+            "is safe; check the server (memory, replication, a long script) or, on a Redis "
+            "Cluster, that every slot is served (redis-cli --cluster check HOST:PORT)."
         )
     if "WRONGTYPE" in reason:
         return CorruptEntryError(

@@ -42,7 +42,8 @@ class RedisRuns(RedisCore):
         bound = await self._ready()
         self._learn_readers(state_id, subscriptions)
         with self._failures(f"registering processes of state id {state_id!r}"):
-            conflict = await bound.run("REGISTER", [*keys, f"{args[0]}:stop"], args)
+            topics = [sub.topic for sub in subscriptions]
+            conflict = await self._call(bound, "REGISTER", state_id, [*keys, f"{args[0]}:stop"], args, topics)
         if conflict:
             process, known = codec.text(conflict[0]), codec.text(conflict[1])
             raise DefinitionError(
@@ -69,7 +70,8 @@ class RedisRuns(RedisCore):
         keys, args = self._keys(state_id)
         bound = await self._ready()
         with self._failures(f"publishing to state id {state_id!r}"):
-            ids = await bound.run("PUBLISH", keys, [*args, *encoded])
+            topics = [m.topic for m in messages]
+            ids = await self._call(bound, "PUBLISH", state_id, keys, [*args, *encoded], topics)
         return codec.stored(state_id, messages, ids)
 
     async def fetch(
@@ -86,7 +88,7 @@ class RedisRuns(RedisCore):
             # A call cancelled on the wire may still hand deliveries to owner: the
             # run's release hands back everything owner holds when it ends.
             with self._failures(f"fetching for process {process!r} of state id {state_id!r}"):
-                mode, topic_raw, packed = await bound.run("FETCH", keys, args)
+                mode, topic_raw, packed = await self._call(bound, "FETCH", state_id, keys, args)
         return await self._deliveries(bound, state_id, process, codec.text(mode), topic_raw, packed)
 
     async def ack_and_fetch(
@@ -101,7 +103,7 @@ class RedisRuns(RedisCore):
         args += (self._lease_ms, limit or 0, lua.RELEASED)
         bound = await self._ready()
         with self._failures(f"acking a delivery of process {process!r} of state id {state_id!r}"):
-            reply = await bound.run("ACK_FETCH", keys, args)
+            reply = await self._call(bound, "ACK_FETCH", state_id, keys, args)
         if reply is None:
             return None
         mode, topic_raw, packed = reply
@@ -156,7 +158,7 @@ class RedisRuns(RedisCore):
         args += (x for pair in good for x in pair)
         stream = f"{args[0]}:t:{topic}"
         with self._failures(f"setting aside unreadable entries of {stream!r}"):
-            await bound.run("SKIP", keys, args)
+            await self._call(bound, "SKIP", state_id, keys, args, [topic])
         first_id, first = bad[0]
         more = f" ({len(bad) - 1} more like it)" if len(bad) > 1 else ""
         raise CorruptEntryError(
@@ -182,7 +184,8 @@ class RedisRuns(RedisCore):
         args += (self._lease_ms, lua.RELEASED, len(follow), *follow)
         bound = await self._ready()
         with self._failures(f"committing for process {delivery.process!r} of state id {state_id!r}"):
-            reply = await bound.run("COMMIT", [*keys, f"{args[0]}:stop"], args)
+            touched = [topic, *(m.topic for m in messages)]
+            reply = await self._call(bound, "COMMIT", state_id, [*keys, f"{args[0]}:stop"], args, touched)
         if reply is None:
             return None
         for k, process in enumerate(follow):
@@ -206,7 +209,7 @@ class RedisRuns(RedisCore):
         bound = await self._ready()
         doing = f"charging an attempt to process {delivery.process!r} of state id {delivery.state_id!r}"
         with self._failures(doing):
-            charged = await bound.run("CHARGE", keys, args)
+            charged = await self._call(bound, "CHARGE", delivery.state_id, keys, args, [topic])
         return bool(charged == len(ids))
 
     async def release(self, state_id: str, owner: str) -> None:
@@ -214,7 +217,7 @@ class RedisRuns(RedisCore):
         bound = await self._ready()
         try:
             with self._failures(f"releasing deliveries of state id {state_id!r}"):
-                await bound.run("RELEASE", keys, [*args, owner, lua.RELEASED])
+                await self._call(bound, "RELEASE", state_id, keys, [*args, owner, lua.RELEASED])
         except BaseException:
             # Not handed back (Redis away, or cancelled on the wire): the next run of
             # this state id on this connection hands them back before it starts, so a
@@ -236,7 +239,7 @@ class RedisRuns(RedisCore):
         keys, args = self._keys(state_id)
         bound = await self._ready()
         with self._failures(f"renewing leases of state id {state_id!r}"):
-            await bound.run("RENEW", keys, [*args, owner])
+            await self._call(bound, "RENEW", state_id, keys, [*args, owner])
 
     async def outstanding(self, state_id: str, processes: Sequence[str]) -> dict[str, int]:
         keys, args = self._keys(state_id)
@@ -270,4 +273,7 @@ class RedisRuns(RedisCore):
         bound = await self._ready()
         self._readers.pop(state_id, None)
         with self._failures(f"deleting state id {state_id!r}"):
-            await bound.run("DELETE", keys, args)
+            marks = [f"{args[0]}:failed", f"{args[0]}:stop"]
+            await self._call(bound, "DELETE", state_id, [*keys, *marks], args)
+        with self._lock:
+            self._topics.pop(state_id, None)

@@ -14,6 +14,7 @@ PRELUDE = """
 local base, ttl, fmt, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local LOG, COUNT, REG, TOPICS, CHG = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ALL = 1000000000
+local NEED = 'permflow:need-keys'
 local function tkey(topic) return base .. ':t:' .. topic end
 local function rkey(topic) return base .. ':r:' .. topic end
 local function touch()
@@ -23,6 +24,40 @@ local function touch()
     redis.call('PEXPIRE', tkey(topic), ttl)
     redis.call('PEXPIRE', rkey(topic), ttl)
   end
+end
+-- Every key a script touches is declared in KEYS (the EVAL contract: a
+-- cluster routes and migrates by them). Topic keys are declared by the client,
+-- which may not know every topic of the run: a script first checks the topics
+-- it will touch (and, with a ttl, every topic of the run, which touch()
+-- refreshes) and, if one's keys are missing, changes nothing and returns NEED
+-- and those topics; the client sends it again with them.
+local DECLARED = {}
+for _, k in ipairs(KEYS) do DECLARED[k] = true end
+local function undeclared(topics)
+  local missing, seen = {NEED}, {}
+  local function check(topic)
+    if not seen[topic] then
+      seen[topic] = true
+      if not (DECLARED[tkey(topic)] and DECLARED[rkey(topic)]) then missing[#missing + 1] = topic end
+    end
+  end
+  for _, topic in ipairs(topics) do check(topic) end
+  if ttl > 0 then
+    for _, topic in ipairs(redis.call('SMEMBERS', TOPICS)) do check(topic) end
+  end
+  if #missing > 1 then return missing end
+  return nil
+end
+-- The topic a registered process reads, appended to list (if registered).
+local function read_topic(list, process)
+  local spec = redis.call('HGET', REG, process)
+  if spec then list[#list + 1] = string.sub(spec, 2) end
+  return list
+end
+-- The topics of the messages ARGV[i..] (as store() takes them).
+local function message_topics(list, i)
+  for m = 0, tonumber(ARGV[i]) - 1 do list[#list + 1] = ARGV[i + 1 + m * 5] end
+  return list
 end
 local function changed()
   redis.call('XADD', CHG, 'MAXLEN', '~', 32, '*', 'c', '')

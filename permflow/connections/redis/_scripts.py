@@ -13,9 +13,11 @@ hash tag, so every key of a run lives in one slot)::
     B:failed     string   JSON failure record of the run (workers)
     B:stop       string   set when a client asked the workers to stop the run
 
-Every script gets ``KEYS = [log, n, reg, topics, chg]`` and
-``ARGV = [B, ttl_ms, serializer, max_stream_length, ...]``; topic keys are
-derived from ``B`` inside the script (same slot).
+Every script gets ``KEYS = [log, n, reg, topics, chg, (mark,) B:t:<topic>,
+B:r:<topic> ...]`` and ``ARGV = [B, ttl_ms, serializer, max_stream_length,
+...]``. A script touches only declared keys: one that would touch a topic whose
+keys were not declared changes nothing and returns ``NEED`` and those topics,
+for the client to send it again with them.
 
 Inflight deliveries are the pending-entries lists of the consumer groups; the
 consumer is the owner string. Released deliveries move to the consumer
@@ -36,6 +38,7 @@ __all__ = [
     "DELETE",
     "FETCH",
     "MARK",
+    "NEED",
     "OUTSTANDING",
     "PUBLISH",
     "REACK_FETCH",
@@ -51,11 +54,18 @@ __all__ = [
 ]
 
 RELEASED = "permflow:released"
+#: The first item of the reply of a script that was not given the keys of some
+#: topics it needs (the other items): nothing was changed.
+NEED = b"permflow:need-keys"
 
 # ARGV[5..]: pairs (process, 's'|'j' .. topic). Returns {} or {process, known spec}.
 REGISTER = (
     PRELUDE
     + """
+local wanted = {}
+for i = 6, #ARGV, 2 do wanted[#wanted + 1] = string.sub(ARGV[i], 2) end
+local missing = undeclared(wanted)
+if missing then return missing end
 -- KEYS[6]: the stop mark. A run starting here is no longer stopped.
 redis.call('DEL', KEYS[6])
 local names = {}
@@ -111,6 +121,8 @@ PUBLISH = (
     PRELUDE
     + STORE_LIB
     + """
+local missing = undeclared(message_topics({}, 5))
+if missing then return missing end
 local ids = store(5, {})
 changed()
 touch()
@@ -124,6 +136,8 @@ REPUBLISH = (
     PRELUDE
     + STORE_LIB
     + """
+local missing = undeclared(message_topics({}, 5))
+if missing then return missing end
 local ids = find_stored(5, '-', 1000)
 if ids then return ids end
 ids = store(5, {})
@@ -140,6 +154,10 @@ local function commit(again)
   local stream = tkey(topic)
   local j = 12 + n + 5 * tonumber(ARGV[11 + n])
   local lease, released, last = tonumber(ARGV[j]), ARGV[j + 1], j + 2 + tonumber(ARGV[j + 2])
+  local wanted = message_topics({topic}, 11 + n)
+  for r = j + 3, last do read_topic(wanted, ARGV[r]) end
+  local missing = undeclared(wanted)
+  if missing then return missing end
   -- KEYS[6]: the stop mark. A stopped run (its client left) stores nothing more.
   if redis.call('EXISTS', KEYS[6]) == 1 then return false end
   local held = redis.pcall('XPENDING', stream, process, ARGV[8], ARGV[9], ALL, owner)
@@ -196,6 +214,8 @@ _ACK_FETCH_LIB = """
 local function ack_fetch(again)
   local process, topic, owner, n = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[10])
   local lease, limit, released = tonumber(ARGV[11 + n]), tonumber(ARGV[12 + n]), ARGV[13 + n]
+  local missing = undeclared(read_topic({topic}, process))
+  if missing then return missing end
   -- KEYS[6]: the stop mark (a stopped run acks nothing more); KEYS[7]: the topic's stream.
   if redis.call('EXISTS', KEYS[6]) == 1 then return false end
   local stream = KEYS[7]
@@ -239,6 +259,8 @@ FETCH = (
     PRELUDE
     + FETCH_LIB
     + """
+local missing = undeclared(read_topic({}, ARGV[5]))
+if missing then return missing end
 return fetch(ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9])
 """
 )
@@ -251,6 +273,8 @@ REFETCH = (
     PRELUDE
     + FETCH_LIB
     + """
+local missing = undeclared(read_topic({}, ARGV[5]))
+if missing then return missing end
 local spec = redis.call('HGET', REG, ARGV[5])
 if spec then give_back(tkey(string.sub(spec, 2)), ARGV[5], ARGV[6], ARGV[9]) end
 return fetch(ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9])
@@ -263,6 +287,8 @@ return fetch(ARGV[5], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9])
 CHARGE = (
     PRELUDE
     + """
+local missing = undeclared({ARGV[6]})
+if missing then return missing end
 local process, stream, owner = ARGV[5], tkey(ARGV[6]), ARGV[7]
 local charged = 0
 for k = 8, #ARGV, 2 do
@@ -295,6 +321,10 @@ RENEW = (
     + """
 local owner = ARGV[5]
 local specs = redis.call('HGETALL', REG)
+local wanted = {}
+for k = 2, #specs, 2 do wanted[#wanted + 1] = string.sub(specs[k], 2) end
+local missing = undeclared(wanted)
+if missing then return missing end
 for k = 1, #specs, 2 do
   local process, stream = specs[k], tkey(string.sub(specs[k + 1], 2))
   chunks(owned(stream, process, owner), 500, function(part)
@@ -313,6 +343,10 @@ RELEASE = (
 local owner, released = ARGV[5], ARGV[6]
 local specs = redis.call('HGETALL', REG)
 if #specs == 0 then return 0 end
+local wanted = {}
+for k = 2, #specs, 2 do wanted[#wanted + 1] = string.sub(specs[k], 2) end
+local missing = undeclared(wanted)
+if missing then return missing end
 local moved = 0
 for k = 1, #specs, 2 do
   local process, stream = specs[k], tkey(string.sub(specs[k + 1], 2))
@@ -335,6 +369,8 @@ return moved
 SKIP = (
     PRELUDE
     + """
+local missing = undeclared({ARGV[6]})
+if missing then return missing end
 local process, stream, released, n = ARGV[5], tkey(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local bad = {}
 for k = 9, 8 + n do bad[#bad + 1] = ARGV[k] end
@@ -354,6 +390,8 @@ return acked
 UNFETCH = (
     PRELUDE
     + """
+local missing = undeclared({ARGV[6]})
+if missing then return missing end
 local process, stream, owner, released = ARGV[5], tkey(ARGV[6]), ARGV[7], ARGV[8]
 local moved = 0
 for k = 9, #ARGV, 2 do
@@ -368,13 +406,17 @@ return moved
 """
 )
 
+# KEYS[6], KEYS[7]: the failure and stop marks. Deletes every key of the run.
 DELETE = (
     PRELUDE
     + """
-for _, topic in ipairs(redis.call('SMEMBERS', TOPICS)) do
+local topics = redis.call('SMEMBERS', TOPICS)
+local missing = undeclared(topics)
+if missing then return missing end
+for _, topic in ipairs(topics) do
   redis.call('DEL', tkey(topic), rkey(topic))
 end
-return redis.call('DEL', LOG, COUNT, REG, TOPICS, CHG, base .. ':failed', base .. ':stop')
+return redis.call('DEL', LOG, COUNT, REG, TOPICS, CHG, KEYS[6], KEYS[7])
 """
 )
 
@@ -384,6 +426,8 @@ return redis.call('DEL', LOG, COUNT, REG, TOPICS, CHG, base .. ':failed', base .
 MARK = (
     PRELUDE
     + """
+local ok, missing = pcall(undeclared, {})
+if ok and missing then return missing end
 redis.call('SET', KEYS[6], ARGV[5])
 redis.pcall('XADD', CHG, 'MAXLEN', '~', 32, '*', 'c', '')
 if ttl > 0 then redis.call('PEXPIRE', KEYS[6], ttl) end

@@ -1,9 +1,15 @@
 """Work distribution on the Redis connection: announce, claim, renew and finish
 claims, failure and stop marks, and the inspection of the runs under a prefix.
 
-Announcements are entries of one stream per prefix, read by the consumer group
-"workers"; a claim is an entry pending for its worker, held under ``lease``
-like deliveries. Failure and stop marks live with the state id.
+Announcements are entries of ``WORK_SHARDS`` streams per prefix, read by the
+consumer group "workers"; a state id is always announced on the same one (by a
+hash of it), and a worker claims from all of them. Each stream has a hash tag
+of its own, chosen so that their hash slots are spread evenly over the 16384
+slots: on a Redis Cluster whose slots are split in ranges (as
+``redis-cli --cluster create`` does) they sit on different primaries, so no node
+carries all the announcements. A claim is an entry pending for its worker,
+held under ``lease`` like deliveries. Failure and stop marks live with the
+state id.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import asyncio
 import json
 import math
 import re
+import zlib
 from collections.abc import Sequence
 from typing import Any, cast
+
+import anyio
 
 from ..._errors import ConfigError
 from ..._message import Message
@@ -27,6 +36,26 @@ __all__ = ["RedisWork"]
 
 _GROUP = "workers"
 _ENTRY_ID = re.compile(r"\d+(-\d+)?")
+#: Announcement streams per prefix.
+WORK_SHARDS = 8
+_SLOTS = 16384
+
+
+def work_keys(prefix: str) -> list[str]:
+    """The announcement streams of ``prefix``: ``{prefix:%w<i>.<k>}:work``, the
+    i-th in the i-th eighth of the hash slots. ``%w`` never starts an escaped
+    state id (``%`` is escaped as ``%25``), so these are never taken for runs,
+    and the key patterns of a restricted user (``~{prefix:*``) cover them."""
+    from redis.crc import key_slot
+
+    keys = []
+    for i in range(WORK_SHARDS):
+        low, high = i * _SLOTS // WORK_SHARDS, (i + 1) * _SLOTS // WORK_SHARDS
+        k = 0
+        while not low <= key_slot(f"{prefix}:%w{i}.{k}".encode()) < high:
+            k += 1
+        keys.append(f"{{{prefix}:%w{i}.{k}}}:work")
+    return keys
 
 
 class RedisWork(RedisCore):
@@ -41,8 +70,16 @@ class RedisWork(RedisCore):
             )
         return await self._read_log_from(state_id, "(" + after)
 
-    def _work_key(self) -> str:
-        return f"{{{self.prefix}}}:work"
+    def _work_keys(self) -> list[str]:
+        keys: list[str] | None = getattr(self, "_work_keys_cache", None)
+        if keys is None:
+            keys = self._work_keys_cache = work_keys(self.prefix)
+        return keys
+
+    def _work_key(self, state_id: str) -> str:
+        """The announcement stream of ``state_id``."""
+        keys = self._work_keys()
+        return keys[zlib.crc32(state_id.encode()) % len(keys)]
 
     def _mark_key(self, state_id: str, mark: str) -> str:
         return f"{{{self.prefix}:{codec.escape(state_id)}}}:{mark}"
@@ -50,7 +87,7 @@ class RedisWork(RedisCore):
     async def announce(self, state_id: str, *, help: bool = False) -> None:
         bound = await self._ready()
         marks = [self._mark_key(state_id, "failed"), self._mark_key(state_id, "stop")]
-        calls = [bound.run("ANNOUNCE", [self._work_key()], [state_id, int(help)])]
+        calls = [bound.run("ANNOUNCE", [self._work_key(state_id)], [state_id, int(help)])]
         if not help:
             # Two slots (the state id's, the work stream's): two scripts sent together.
             calls.append(bound.run("UNMARK", marks, []))
@@ -60,52 +97,100 @@ class RedisWork(RedisCore):
     async def claim(self, worker: str, *, limit: int, max_seconds: float) -> list[Claim]:
         if limit < 1:
             raise ConfigError(f"limit must be at least 1, got {limit!r} (worker {worker!r})")
-        work = self._work_key()
-        lease = 0 if math.isinf(self.lease) else self._lease_ms
-        bound = await self._ready()
         doing = f"claiming announced state ids for worker {worker!r}"
         with self._failures(doing):
-            entries = await bound.run("CLAIM", [work], [_GROUP, worker, lease, limit])
-        if not entries and max_seconds > 0:
-            block = self._block_ms(max_seconds)
-            # Through the pool, not the batching runner: the read blocks only this caller.
-            with self._failures(doing):
-                reply = await bound.client.xreadgroup(_GROUP, worker, {work: ">"}, count=limit, block=block)
-            entries = [entry for _, batch in codec.streams(reply) for entry in batch]
-        claims, ids = [], []
-        for entry_id, fields in entries:
+            entries, lasts = await self._claim_round(worker, limit)
+            if not entries and max_seconds > 0 and await self._wait_for_work(lasts, max_seconds):
+                entries, _ = await self._claim_round(worker, limit)
+        claims, held = [], []
+        for shard, entry_id, fields in entries:
             flat = codec.flat(fields)
             found = {codec.text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
-            ids.append(codec.text(entry_id))
+            held.append(f"{shard}/{codec.text(entry_id)}")
             state_id, help = codec.text(found.get("s", b"")), found.get("h") == b"1"
-            claims.append(Claim(state_id, (worker, ids[-1]), help))
-        if ids:
+            claims.append(Claim(state_id, (worker, held[-1]), help))
+        if held:
             with self._lock:
-                self._held.setdefault(worker, set()).update(ids)
+                self._held.setdefault(worker, set()).update(held)
         return claims
+
+    async def _claim_round(
+        self, worker: str, limit: int
+    ) -> tuple[list[tuple[int, Any, Any]], dict[int, Any]]:
+        """Up to ``limit`` entries for ``worker`` from the announcement streams, one
+        after the other from a different one each time; and, when none had any,
+        each stream's last entry id (to wait for newer ones)."""
+        keys = self._work_keys()
+        lease = 0 if math.isinf(self.lease) else self._lease_ms
+        bound = await self._ready()
+        start = self._next_shard = (getattr(self, "_next_shard", -1) + 1) % len(keys)
+        entries: list[tuple[int, Any, Any]] = []
+        lasts: dict[int, Any] = {}
+        for n in range(len(keys)):
+            shard = (start + n) % len(keys)
+            got, lasts[shard] = await bound.run(
+                "CLAIM", [keys[shard]], [_GROUP, worker, lease, limit - len(entries)]
+            )
+            entries += ((shard, entry_id, fields) for entry_id, fields in got)
+            if len(entries) >= limit:
+                break
+        return entries, lasts
+
+    async def _wait_for_work(self, lasts: dict[int, Any], max_seconds: float) -> bool:
+        """Wait until a stream has an entry newer than ``lasts`` (or ``max_seconds``).
+        A plain read: nothing is taken, so a wait given up loses nothing."""
+        keys = self._work_keys()
+        block = self._block_ms(max_seconds)
+        # Through the pool, not the batching runner: the read blocks only this caller.
+        client = self._client().client
+        if not self._cluster:
+            return bool(await client.xread({keys[i]: last for i, last in lasts.items()}, block=block))
+        # On a cluster each stream lives in its own slot: one read per stream, the
+        # first to see an entry ends the others.
+        woke = False
+
+        async def read(key: str, last: Any) -> None:
+            nonlocal woke
+            if await client.xread({key: last}, block=block):
+                woke = True
+                tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            for i, last in lasts.items():
+                tg.start_soon(read, keys[i], last)
+        return woke
 
     async def renew_claims(self, worker: str) -> None:
         with self._lock:
             held = sorted(self._held.get(worker, ()))
         if not held:
             return
+        keys = self._work_keys()
+        by_shard: dict[int, list[str]] = {}
+        for item in held:
+            shard, _, entry_id = item.partition("/")
+            by_shard.setdefault(int(shard), []).append(entry_id)
         bound = await self._ready()
         with self._failures(f"renewing the claims of worker {worker!r}"):
-            await bound.run("RENEW_CLAIMS", [self._work_key()], [_GROUP, worker, *held])
+            await asyncio.gather(
+                *(bound.run("RENEW_CLAIMS", [keys[i]], [_GROUP, worker, *ids]) for i, ids in by_shard.items())
+            )
 
     async def finish(self, claim: Claim, *, hand_back: bool = False) -> None:
-        worker, entry_id = cast(tuple[str, str], claim.handle)
+        worker, held = cast(tuple[str, str], claim.handle)
         with self._lock:
-            forget(self._held, worker, entry_id)
+            forget(self._held, worker, held)
+        shard, _, entry_id = held.partition("/")
+        key = self._work_keys()[int(shard)]
         bound = await self._ready()
         with self._failures(f"finishing the claim of worker {worker!r} on state id {claim.state_id!r}"):
-            await bound.run("FINISH", [self._work_key()], [_GROUP, worker, entry_id, int(hand_back)])
+            await bound.run("FINISH", [key], [_GROUP, worker, entry_id, int(hand_back)])
 
     async def _mark(self, state_id: str, mark: str, value: bytes, doing: str) -> None:
         keys, args = self._keys(state_id)
         bound = await self._ready()
         with self._failures(doing):
-            await bound.run("MARK", [*keys, self._mark_key(state_id, mark)], [*args, value])
+            await self._call(bound, "MARK", state_id, [*keys, self._mark_key(state_id, mark)], [*args, value])
 
     async def mark_failed(self, state_id: str, record: dict[str, object]) -> None:
         try:
@@ -124,6 +209,7 @@ class RedisWork(RedisCore):
         names = list(dict.fromkeys(processes))
         bound = await self._ready()
         with self._failures(f"following state id {state_id!r}"):
+            keys.append(self._mark_key(state_id, "failed"))
             entries, raw, last, *counts = await bound.run("PROGRESS", keys, [*args, after or "", *names])
         _seen.set((id(self), args[0], last or b"0-0"))
         messages = [self._decode(keys[0], eid, codec.flat(fields), state_id) for eid, fields in entries]
@@ -249,10 +335,11 @@ class RedisWork(RedisCore):
         start = f"{{{self.prefix}:"
         pattern = codec.glob_escape(start) + "*"
         found: set[str] = set()
+        # On a cluster, scan_iter goes through every primary.
         with self._failures(f"listing state ids under prefix {self.prefix!r}"):
             async for key in bound.client.scan_iter(match=pattern, count=500):
                 text = codec.text(key)
-                if text.startswith(start) and "}" in text:
+                if text.startswith(start) and "}" in text and not text.startswith(f"{start}%w"):
                     found.add(codec.unescape(text[len(start) : text.index("}")]))
         return sorted(found)
 

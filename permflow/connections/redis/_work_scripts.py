@@ -1,10 +1,10 @@
 """Lua scripts of work distribution on the Redis connection.
 
-Work for workers lives apart from the runs, in one stream per prefix,
-``{prefix}:work`` (its own hash tag): one entry ``s <state id>`` per
+Work for workers lives apart from the runs, in a few streams per prefix
+(``_work.work_keys``, each its own hash tag): one entry ``s <state id>`` per
 announcement, read by the consumer group ``workers`` (one consumer per worker).
-The scripts get ``KEYS = [work]`` and ``ARGV = [group, worker, ...]`` and touch
-nothing else.
+The scripts get ``KEYS = [work stream]`` and ``ARGV = [group, worker, ...]``
+and touch nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ local WORK, GROUP, ALL = KEYS[1], ARGV[1], 1000000000
 
 # ARGV: group, worker, lease_ms (0: never reclaim), limit. Creates the group if
 # needed, then hands worker the entries of workers silent for lease, then new
-# ones. Returns {id, fields} entries.
+# ones. Returns {{id, fields} entries, the stream's last entry id}.
 CLAIM = (
     _WORK
     + """
@@ -43,7 +43,12 @@ if #out < limit then
     for _, e in ipairs(r[1][2]) do out[#out + 1] = e end
   end
 end
-return out
+local info = redis.call('XINFO', 'STREAM', WORK)
+local last = '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+end
+return {out, last}
 """
 )
 
@@ -90,8 +95,8 @@ return 1
 )
 
 
-# A state id's script (KEYS and ARGV[1..4] as the run scripts), for clients of
-# workers. ARGV[5]: last log id seen ('' for none); ARGV[6..]: processes.
+# A state id's script (KEYS and ARGV[1..4] as the run scripts; KEYS[6]: the
+# failure mark), for clients of workers. ARGV[5]: last log id seen ('' for none); ARGV[6..]: processes.
 # Returns {log entries after it (up to 1,000), failure mark or false, last
 # change id, count of each process} read atomically.
 PROGRESS = (
@@ -100,7 +105,7 @@ PROGRESS = (
 local start = '-'
 if ARGV[5] ~= '' then start = '(' .. ARGV[5] end
 local reply = {redis.call('XRANGE', LOG, start, '+', 'COUNT', 1000)}
-reply[2] = redis.call('GET', base .. ':failed')
+reply[2] = redis.call('GET', KEYS[6])
 local last = redis.call('XREVRANGE', CHG, '+', '-', 'COUNT', 1)
 reply[3] = ''
 if last[1] then reply[3] = last[1][1] end
