@@ -25,6 +25,7 @@ from . import _codec as codec
 from . import _scripts as lua
 from ._client import Bound
 from ._failures import convert
+from ._replication import Replication, Unreplicated
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -74,6 +75,7 @@ class RedisCore(PubSubConnection):
     _given: Redis | None
     _where: str
     _timeout: float | None
+    _replication: Replication | None = None
 
     def _configure(
         self,
@@ -147,7 +149,9 @@ class RedisCore(PubSubConnection):
                 options = {**_pool_defaults(), **self._options}
                 pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
                 client = redis.asyncio.Redis.from_pool(pool)
-            bound = self._bound[loop] = Bound(client, loop, own_pool=self._given is None)
+            bound = self._bound[loop] = Bound(
+                client, loop, own_pool=self._given is None, replication=self._replication
+            )
         return bound
 
     @contextmanager
@@ -156,6 +160,8 @@ class RedisCore(PubSubConnection):
 
         try:
             yield
+        except Unreplicated as exc:
+            raise exc.convert(where=self._where, doing=doing) from exc
         except (RedisError, OSError) as exc:
             raise convert(
                 exc, where=self._where, prefix=self.prefix, doing=doing, timeout=self._timeout
