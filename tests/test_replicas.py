@@ -306,6 +306,29 @@ async def test_a_lost_reply_is_not_taken_as_replicated(pair: tuple[RedisServer, 
 
 
 @pytest.mark.anyio
+async def test_a_restricted_user_needs_wait(pair: tuple[RedisServer, RedisServer]) -> None:
+    """With replicas=1, a Redis user with permflow's ACL rule plus '+wait' works; without it, writes
+    fail with ReplicationError saying the user needs '+wait'."""
+    primary, _ = pair
+    rule = "~{myapp:* ~{myapp}:* resetchannels -@all "
+    rule += "+@scripting +@stream +@hash +@set +@string +@keyspace -@dangerous"
+    with primary.admin() as admin:
+        admin.execute_command("ACL", "SETUSER", "plain", "on", ">pw", *rule.split())
+        admin.execute_command("ACL", "SETUSER", "waits", "on", ">pw", *rule.split(), "+wait")
+    url = f"redis://{{}}:pw@127.0.0.1:{primary.port}/0"
+    refused = RedisPubSubConnection.from_url(url.format("plain"), prefix="myapp", replicas=1)
+    allowed = RedisPubSubConnection.from_url(url.format("waits"), prefix="myapp", replicas=1)
+    try:
+        with anyio.fail_after(10):
+            with pytest.raises(ReplicationError, match=r"WAIT was refused \(.*permission.*needs '\+wait'"):
+                await refused.publish("a", [message("in", 1)])
+            assert await allowed.publish("b", [message("in", 1)])
+    finally:
+        await refused.aclose()
+        await allowed.aclose()
+
+
+@pytest.mark.anyio
 async def test_the_url_query_sets_replicas() -> None:
     """``?replicas=1&replica_timeout=0.2`` in a URL is applied (a server without replicas then fails
     a publish with ReplicationError) and not passed on to redis-py."""

@@ -95,15 +95,18 @@ class Unreplicated(Exception):
     def convert(self, *, where: str, doing: str) -> ReplicationError:
         needed, timeout = self.replication.replicas, self.replication.timeout
         if self.refused is not None:
-            how = f"WAIT was refused ({str(self.refused).split('.')[0]})"
+            reason = str(self.refused).split(".")[0]
+            if "NOPERM" in reason or "permission" in reason:
+                reason += "; with replicas= the Redis user needs '+wait' too"
+            how = f"WAIT was refused ({reason})"
         else:
             how = f"{self.acked} of {needed} replica{'s' if needed > 1 else ''} acknowledged"
         return ReplicationError(
-            f"Redis at {where}: {how} within replica_timeout={timeout}s while {doing}. The write IS "
-            "stored on the primary (a commit's delivery is acked, published messages are in the "
-            "log), but a failover before the replicas catch up may lose it. Check the replicas "
-            "(INFO replication: link status and lag) or raise replica_timeout; resuming the run "
-            "with invoke(None, {'state_id': ...}) carries on from what the primary stored.",
+            f"Redis at {where}: {how} within replica_timeout={timeout}s while {doing}. The write "
+            "IS stored on the primary and counts (a committed delivery stays acked), but a "
+            "failover before the replicas catch up may lose it. Check the replicas (INFO "
+            "replication: link status and lag) or raise replica_timeout; resuming the run with "
+            "invoke(None, {'state_id': ...}) carries on from what the primary stored.",
             acknowledged=self.acked,
             replicas=needed,
         )
