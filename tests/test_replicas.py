@@ -383,6 +383,12 @@ def test_bad_replica_settings_in_the_url_are_refused(query: str, match: str) -> 
         RedisPubSubConnection.from_url(f"redis://127.0.0.1:6379/0?{query}")
 
 
+def test_without_replicas_the_socket_timeout_is_free() -> None:
+    """With replicas=0 (the default), a socket_timeout below replica_timeout is fine: nothing waits."""
+    conn = RedisPubSubConnection.from_url("redis://127.0.0.1:6379/0", socket_timeout=0.5)
+    assert "replicas" not in repr(conn)
+
+
 def test_a_client_you_pass_in_is_checked_too() -> None:
     """``RedisPubSubConnection(client, replicas=...)`` validates like ``from_url``, against the
     client's own socket timeout."""

@@ -128,13 +128,13 @@ def replication(
         raise ConfigError(
             f"replica_timeout must be a positive, finite number of seconds, got {replica_timeout!r}"
         )
+    if replicas == 0:
+        return None
     if socket_timeout and replica_timeout >= socket_timeout:
         raise ConfigError(
             f"replica_timeout ({replica_timeout}s) must be shorter than socket_timeout ({socket_timeout}s): "
             "the connection waits for the replicas while reading the reply"
         )
-    if replicas == 0:
-        return None
     return Replication(replicas, float(replica_timeout), fence)
 
 
