@@ -10,6 +10,7 @@ from ._errors import (
     PermflowError,
     PermflowWarning,
     PoisonMessageError,
+    ReplicationError,
     RunTimeoutError,
     SerializationError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "PubSub",
     "PubSubConnection",
     "RedisPubSubConnection",
+    "ReplicationError",
     "RunTimeoutError",
     "Runnable",
     "RunnableEach",

@@ -199,7 +199,11 @@ def _invoke(args: argparse.Namespace) -> int:
 
 def _add_store_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument(
-        "--redis", required=required, metavar="URL", type=redis_url, help="redis://host:port/db, or redis+cluster://host:port"
+        "--redis",
+        required=required,
+        metavar="URL",
+        type=redis_url,
+        help="redis://host:port/db, or redis+cluster://host:port",
     )
     parser.add_argument("--prefix", default="permflow", help="key prefix (default: permflow)")
     parser.add_argument(

@@ -12,6 +12,7 @@ Every error permflow raises on its own account derives from one root::
      ├── NoWorkersError                            no worker was alive to take a run (_remote)
      ├── WorkerRunError                            a run failed on a worker with a foreign error (_remote)
      └── ConnectionFailedError                     the store (e.g. Redis) could not be reached
+          └── ReplicationError                     a write is stored, but not on enough replicas
 
 Exceptions raised by user steps are not wrapped: ``invoke`` re-raises them
 with their own type and message.
@@ -30,6 +31,7 @@ __all__ = [
     "PermflowError",
     "PermflowWarning",
     "PoisonMessageError",
+    "ReplicationError",
     "RunTimeoutError",
     "SerializationError",
 ]
@@ -82,3 +84,18 @@ class RunTimeoutError(PermflowError, TimeoutError):
 
 class ConnectionFailedError(PermflowError):
     """The connection's store could not be reached or answered with an error."""
+
+
+class ReplicationError(ConnectionFailedError):
+    """A write is stored on the primary, but fewer replicas than asked for
+    (``RedisPubSubConnection(replicas=N)``) acknowledged it in time: a failover
+    before they catch up may lose it.
+
+    ``acknowledged`` and ``replicas`` say how many replicas acknowledged and how
+    many were asked for.
+    """
+
+    def __init__(self, message: str, *, acknowledged: int, replicas: int) -> None:
+        super().__init__(message)
+        self.acknowledged = acknowledged
+        self.replicas = replicas

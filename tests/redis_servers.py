@@ -3,14 +3,17 @@
 ``RedisServer`` starts its own ``redis-server`` (from PATH) on a free port in a
 fresh temporary directory, with nothing persisted, so a test can stop, restart,
 freeze (SIGSTOP) and thaw (SIGCONT) it, or drop its client connections, without
-touching the shared server other tests use. Every process it starts is stopped
-by its pid.
+touching the shared server other tests use. ``RedisServer(replica_of=primary)``
+starts a replica of another one, which ``promote`` turns into a primary (a
+failover, after ``kill`` of the primary). Every process it starts is stopped by
+its pid.
 
 ``CuttingProxy`` forwards TCP connections to a server and, once armed, cuts the
 connection that carries a request containing a given marker: either before the
 request reaches the server (``"request"``: the command is never executed) or
 after the server answered it (``"reply"``: the command was executed, its reply
-is lost).
+is lost). Between a primary and its replica, ``hold`` keeps back everything
+the primary sends from then on: a replica that lags, deterministically.
 """
 
 from __future__ import annotations
@@ -76,9 +79,11 @@ def _persistence(persistent: bool) -> tuple[str, ...]:
 class RedisServer:
     """One ``redis-server`` of a test's own, on a fixed port across restarts."""
 
-    def __init__(self, *, persistent: bool = False) -> None:
+    def __init__(self, *, persistent: bool = False, replica_of: RedisServer | int | None = None) -> None:
         """``persistent``: an append-only file synced on every write, so that what
-        was stored survives ``restart`` (as on a production server)."""
+        was stored survives ``restart`` (as on a production server).
+        ``replica_of``: a replica of that (started) server, or of the one on that
+        port (a proxy); ``start`` returns once it is in sync."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH")
@@ -88,6 +93,7 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.frozen = False
         self.persistent = persistent
+        self.replica_of = replica_of
 
     @property
     def url(self) -> str:
@@ -108,14 +114,56 @@ class RedisServer:
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--dir", self.dir,
             *_persistence(self.persistent),
+            # a replica syncs at once (the default waits 5 s for more replicas)
+            "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
+        if self.replica_of is not None:
+            port = self.replica_of if isinstance(self.replica_of, int) else self.replica_of.port
+            command += ["--replicaof", "127.0.0.1", str(port)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + _READY_SECONDS
-        while not _answers_ping(self.port):
+        while not _answers_ping(self.port) or (self.replica_of is not None and not self.in_sync()):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
+                raise RuntimeError(f"redis-server did not start (or sync) on port {self.port}")
             time.sleep(0.02)  # waiting for an external server to listen, not synchronising tests
+
+    def in_sync(self) -> bool:
+        """This replica's link to its primary is up and the primary counts it in a
+        ``WAIT`` (a test's first write must not wait for the replica to settle)."""
+        import redis
+
+        assert self.replica_of is not None
+        port = self.replica_of if isinstance(self.replica_of, int) else self.replica_of.port
+        with self.admin() as client:
+            if client.info("replication").get("master_link_status") != "up":
+                return False
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5) as primary:
+            info = primary.info("replication")
+            online = any(
+                isinstance(v, dict) and v.get("port") == self.port and v.get("state") == "online"
+                for v in info.values()
+            )
+            if not online:
+                return False
+            # and it has acknowledged a write (after a diskless sync, the primary streams
+            # writes to it only once it acknowledged the sync, within a second)
+            primary.set("redis-servers:replica-ready", 1, px=1000)
+            return int(primary.execute_command("WAIT", 1, 100)) >= 1
+
+    def kill(self) -> None:
+        """SIGKILL by pid, as a crashed machine: nothing is flushed or handed over."""
+        process, self.process = self.process, None
+        if process is not None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(_STOP_SECONDS)
+        self.frozen = False
+
+    def promote(self) -> None:
+        """Make this replica a primary (``REPLICAOF NO ONE``), as a failover does."""
+        with self.admin() as client:
+            client.execute_command("REPLICAOF", "NO", "ONE")
+        self.replica_of = None
 
     def stop(self) -> None:
         """SIGTERM by pid and wait; SIGKILL if it does not go. Thaws it first."""
@@ -188,10 +236,17 @@ class CuttingProxy:
         self.dropped_reply = b""  # in "reply" mode: the start of the answer that was dropped
         self._marker: bytes | None = None
         self._mode = ""
+        self.held = 0  # bytes from the server kept back since ``hold``
+        self._holding = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def hold(self) -> None:
+        """From now on, forward nothing the server sends (count it in ``held``);
+        what was held is lost when the proxy stops."""
+        self._holding = True
 
     def arm(self, marker: bytes, mode: str) -> None:
         assert mode in ("request", "reply"), mode
@@ -232,6 +287,9 @@ class CuttingProxy:
 
             async def downstream() -> None:
                 async for chunk in server:
+                    if self._holding:
+                        self.held += len(chunk)
+                        continue
                     if reply_cut.is_set():
                         self.dropped_reply = chunk
                         self.fired.set()

@@ -21,6 +21,9 @@ redirections and waits out TRYAGAIN; a call refused with CLUSTERDOWN (never
 executed) is sent again for up to ``_CLUSTER_RETRY_SECONDS``, and a dropped
 connection is handled as above. redis-py's own resending is bypassed (calls
 name their node), so no call is ever executed twice by accident.
+
+With ``replicas=N`` (``_replication``), a batch that holds a durable write ends
+with ``WAIT`` on the same connection, sent and answered in the same round trip.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from ..._errors import ConfigError
 from . import _scripts as lua
 from . import _work_scripts as work_lua
+from ._replication import DURABLE, Replication
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
@@ -93,6 +98,7 @@ class Bound:
         own_pool: bool,
         reconnects: bool = True,
         cluster: bool = False,
+        replication: Replication | None = None,
     ) -> None:
         self.client: Any = client  # replies are parsed by hand by the connection
         self.loop = loop
@@ -112,6 +118,7 @@ class Bound:
         self._keep = own_pool
         self._kept: Any = None
         self._reconnects = reconnects
+        self._replication = replication
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if not self._direct and self._sender is None:
@@ -176,8 +183,13 @@ class Bound:
         if self.cluster:
             return list(await asyncio.gather(*(self._cluster_call(*call) for call in calls)))
         replies: list[Any] = []
+        # the replies of the WAITs that end the batch (durable writes only); a
+        # reply lost with its connection is sent again, and so is its WAIT
+        waits: list[Any] | None = None
+        if self._replication is not None and any(call[0] in DURABLE for call in calls):
+            waits = []
         try:
-            await self._write_read(calls, alone, replies)
+            await self._write_read(calls, alone, replies, waits)
         except _NotSent as exc:  # nothing reached the server (it is down): nothing to resend
             raise exc.error from exc.error.__cause__
         except Dropped as exc:
@@ -188,16 +200,23 @@ class Bound:
             lost = [(AGAIN.get(name, name), keys, args) for name, keys, args in calls[len(replies) :]]
             calls = calls[: len(replies)] + lost
             again: list[Any] = []
-            await self._write_read(lost, False, again)
+            if lost or waits is not None:
+                try:
+                    await self._write_read(lost, False, again, waits, fence=True)
+                except _NotSent as down:  # the server went away meanwhile
+                    raise down.error from exc
             replies += again
         missing = [k for k, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # the server forgot the scripts (restart, SCRIPT FLUSH): load, send again
             for name in {calls[k][0] for k in missing}:
                 await self.client.script_load(self.scripts[name].script)
             again = []
-            await self._write_read([calls[k] for k in missing], alone, again)
+            await self._write_read([calls[k] for k in missing], alone, again, waits)
             for k, reply in zip(missing, again, strict=True):
                 replies[k] = reply
+        if waits is not None:
+            assert self._replication is not None
+            self._replication.confirm(calls, replies, waits)
         return replies
 
     async def _cluster_call(self, name: str, keys: list[str], args: list[Any]) -> Any:
@@ -242,13 +261,30 @@ class Bound:
                     name = AGAIN.get(name, name)
 
     async def _write_read(
-        self, calls: list[tuple[str, list[str], list[Any]]], alone: bool, replies: list[Any]
+        self,
+        calls: list[tuple[str, list[str], list[Any]]],
+        alone: bool,
+        replies: list[Any],
+        waits: list[Any] | None = None,
+        *,
+        fence: bool = False,
     ) -> None:
         """Send ``calls`` on one connection and append their replies to ``replies``
-        as they arrive (so a caller knows which were answered if it drops)."""
+        as they arrive (so a caller knows which were answered if it drops). With
+        ``waits``, end with ``WAIT`` (after a fence write if ``fence``: a fresh
+        connection) and append its reply there."""
         from redis.exceptions import ResponseError
 
         pool = getattr(self.client, "connection_pool", None)
+        tail: list[bytes] = []
+        if waits is not None and self._replication is not None:
+            tail = [self._replication.fence_write] if fence else []
+            tail.append(self._replication.wait)
+        if tail and pool is None:  # WAIT must follow the writes on their connection
+            raise ConfigError(
+                "replicas= needs a client with one connection pool (redis.asyncio.Redis), "
+                f"not {type(self.client).__name__}"
+            )
         if pool is None:  # e.g. a cluster client: let it route the pipeline
             pipe = self.client.pipeline(transaction=False)
             for name, keys, args in calls:
@@ -257,6 +293,7 @@ class Bound:
                 replies += await pipe.execute(raise_on_error=False)
             return
         packed = b"".join(_pack(self.scripts[name].sha, keys, args) for name, keys, args in calls)
+        packed += b"".join(tail)
         keep = alone and self._keep
         if keep and self._kept is not None:
             connection, self._kept = self._kept, None
@@ -276,6 +313,14 @@ class Bound:
                     replies.append(await connection.read_response())
                 except ResponseError as exc:  # the reply was read whole: the socket stays usable
                     replies.append(exc)
+            if waits is not None and tail:
+                answers = []
+                for _ in tail:
+                    try:
+                        answers.append(await connection.read_response())
+                    except ResponseError as exc:  # e.g. WAIT sent to a replica
+                        answers.append(exc)
+                waits.append(next((a for a in answers if isinstance(a, Exception)), answers[-1]))
         except BaseException:
             # redis-py closed the socket on the way out: a half-read reply never
             # reaches the next call. The connection object goes back to the pool,

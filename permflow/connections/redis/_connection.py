@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast, final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..._errors import ConfigError
 from ..._serialization import Serializer
 from ._cache import RedisCache
 from ._core import SOCKET_TIMEOUT
+from ._replication import replication
 from ._runs import RedisRuns
 from ._work import RedisWork
 
@@ -16,6 +17,10 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
 
 __all__ = ["RedisPubSubConnection"]
+
+#: Seconds a write waits for ``replicas`` to acknowledge it before it fails
+#: with ReplicationError (below the 5 s socket timeout it is read within).
+REPLICA_TIMEOUT = 1.0
 
 
 @final
@@ -54,6 +59,14 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
     Workers (``permflow worker``) claim announced state ids from eight streams
     per prefix (spread over a cluster's primaries), under the same ``lease``: a
     worker that stops renewing loses its claims to the next worker that asks.
+
+    ``replicas=N`` acknowledges a write a caller is told is stored (a commit,
+    published input, a registration, a release, marks) only once N replicas of
+    the primary have it (``WAIT``, in the same round trip); if fewer do within
+    ``replica_timeout`` seconds (1.0), the call raises ``ReplicationError``: the
+    write is stored on the primary, but a failover may lose it. ``replicas=0``
+    (the default) does not wait: Redis replicates asynchronously, and a failover
+    may lose the last acknowledged writes. (Not on a Redis Cluster client yet.)
     """
 
     def __init__(
@@ -65,6 +78,8 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
         serializer: str | Serializer = "json",
         ttl: float | None = None,
         max_stream_length: int | None = None,
+        replicas: int = 0,
+        replica_timeout: float = REPLICA_TIMEOUT,
     ) -> None:
         from redis.asyncio.cluster import RedisCluster
 
@@ -72,6 +87,14 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
         kwargs: dict[str, Any] = cast(Any, client).get_connection_kwargs()
         if kwargs.get("decode_responses"):
             raise ConfigError("the redis client must be made with decode_responses=False (values are bytes)")
+        self._replication = replication(
+            replicas, replica_timeout, kwargs.get("socket_timeout"), self._fence()
+        )
+        if replicas and getattr(client, "connection_pool", None) is None:
+            raise ConfigError(
+                "replicas= needs a client with one connection pool (redis.asyncio.Redis), "
+                f"not {type(client).__name__}"
+            )
         self._url: str | None = None
         self._options: dict[str, Any] = {}
         self._given: Redis | RedisCluster | None = client
@@ -94,6 +117,8 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
         ttl: float | None = None,
         max_stream_length: int | None = None,
         cluster: bool = False,
+        replicas: int | None = None,
+        replica_timeout: float | None = None,
         **client_options: Any,
     ) -> RedisPubSubConnection:
         """Connect lazily to ``url`` (``redis://``, ``rediss://``, ``unix://``,
@@ -110,19 +135,64 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
         ``socket_timeout`` and ``socket_connect_timeout`` (5 s) bound how long one
         call waits for a server that does not answer (frozen, partitioned); it
         then fails with ``ConnectionFailedError``. A connection the server
-        dropped is replaced and the call sent again once, when that is safe."""
+        dropped is replaced and the call sent again once, when that is safe.
+
+        ``replicas`` and ``replica_timeout`` may also be given in the URL's
+        query (``redis://host/0?replicas=1&replica_timeout=2``, as the worker
+        CLI's ``--redis`` takes them); the keyword arguments win."""
         if client_options.get("decode_responses"):
             raise ConfigError("decode_responses must stay False: values are stored as bytes")
+        url, query = _replica_query(url)
+        if replicas is None:
+            replicas = _number(query, "replicas", int, 0)
+        if replica_timeout is None:
+            replica_timeout = _number(query, "replica_timeout", float, REPLICA_TIMEOUT)
         self = cls.__new__(cls)
         self._configure(prefix, lease, serializer, ttl, max_stream_length)
         self._where = _redact(url)
         url, self._cluster = cluster_url(url, cluster)
         self._url, self._options, self._given = url, client_options, None
         self._timeout = client_options.get("socket_timeout", SOCKET_TIMEOUT)
+        if self._cluster and replicas:
+            raise ConfigError(
+                "replicas= is not supported on a Redis Cluster yet (WAIT must reach each run's "
+                "primary); use it with one primary and its replicas"
+            )
+        self._replication = replication(replicas, replica_timeout, self._timeout, self._fence())
         return self
 
+    def _fence(self) -> str:
+        return f"{{{self.prefix}}}:fence"
+
     def __repr__(self) -> str:
-        return f"<RedisPubSubConnection {self._where} prefix={self.prefix!r} lease={self.lease}>"
+        waits = "" if self._replication is None else f" replicas={self._replication.replicas}"
+        return f"<RedisPubSubConnection {self._where} prefix={self.prefix!r} lease={self.lease}{waits}>"
+
+
+def _replica_query(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its ``replicas`` and ``replica_timeout`` query parameters,
+    and those parameters (redis-py would refuse them)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url, {}  # redis-py says what is wrong with it
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in pairs if k in ("replicas", "replica_timeout")}
+    if not ours:
+        return url, {}
+    rest = urlencode([(k, v) for k, v in pairs if k not in ours])
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), ours
+
+
+def _number(query: dict[str, str], name: str, kind: type[int] | type[float], default: float) -> Any:
+    if name not in query:
+        return default
+    try:
+        return kind(query[name])
+    except ValueError:
+        raise ConfigError(
+            f"{name} in the Redis URL must be {'an int' if kind is int else 'a number'}, got {query[name]!r}"
+        ) from None
 
 
 #: URL schemes of a Redis Cluster, and the scheme redis-py takes for each.

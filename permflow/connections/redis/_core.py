@@ -25,6 +25,7 @@ from . import _codec as codec
 from . import _scripts as lua
 from ._client import Bound
 from ._failures import convert
+from ._replication import Replication, Unreplicated
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
@@ -96,6 +97,7 @@ class RedisCore(PubSubConnection):
     _cluster: bool
     _where: str
     _timeout: float | None
+    _replication: Replication | None = None
 
     def _configure(
         self,
@@ -177,7 +179,9 @@ class RedisCore(PubSubConnection):
                     pool = redis.asyncio.BlockingConnectionPool.from_url(self._url, **options)
                     client = redis.asyncio.Redis.from_pool(pool)
             own = self._given is None
-            bound = self._bound[loop] = Bound(client, loop, own_pool=own, cluster=self._cluster)
+            bound = self._bound[loop] = Bound(
+                client, loop, own_pool=own, cluster=self._cluster, replication=self._replication
+            )
         return bound
 
     @contextmanager
@@ -186,6 +190,8 @@ class RedisCore(PubSubConnection):
 
         try:
             yield
+        except Unreplicated as exc:
+            raise exc.convert(where=self._where, doing=doing) from exc
         except (RedisError, RedisClusterException, OSError) as exc:
             raise convert(
                 exc,
