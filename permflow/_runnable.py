@@ -25,6 +25,7 @@ from ._context import step_context
 from ._errors import ConfigError
 from ._execution import Execution, SyncRunner
 from ._portal import run_sync
+from ._processes import ProcessRunner, check_importable, default_pool
 
 if TYPE_CHECKING:
     from ._retry import RunnableRetry, RunnableTimeout
@@ -151,7 +152,10 @@ class RunnableLambda(Runnable):
     """A step made from a function (sync or async).
 
     ``execution`` chooses where a sync function runs: ``"auto"`` (default,
-    see ``permflow._execution``), ``"thread"`` or ``"inline"``.
+    see ``permflow._execution``), ``"thread"`` or ``"inline"``; or
+    ``"process"``: in a pool of worker processes (see ``permflow._processes``),
+    for which ``func`` must be an importable, module-level plain function
+    (else ``DefinitionError`` here).
     """
 
     def __init__(self, func: Callable[[Any], Any], *, execution: Execution = "auto") -> None:
@@ -159,7 +163,13 @@ class RunnableLambda(Runnable):
             raise ConfigError(f"expected a callable, got {func!r}")
         self.func = func
         self._is_async = _is_async_callable(func)
-        self._runner = None if self._is_async else SyncRunner(func, execution)
+        self._runner: SyncRunner | None = None
+        self._process: ProcessRunner | None = None
+        if execution == "process":
+            check_importable(func, async_=self._is_async)
+            self._process = ProcessRunner(func, self.name)
+        elif not self._is_async:
+            self._runner = SyncRunner(func, execution)
 
     @property
     def name(self) -> str:
@@ -173,8 +183,10 @@ class RunnableLambda(Runnable):
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
         """Await an async function; run a sync one as ``execution`` says (a worker
-        thread or inline). Raises ``TypeError`` if a plain function returns a
-        coroutine (it should be ``async def``)."""
+        thread, inline or in a worker process). Raises ``TypeError`` if a plain
+        function returns a coroutine (it should be ``async def``)."""
+        if self._process is not None:
+            return await self._in_process(input, config)
         if self._runner is None:
             return await self.func(input)
         ctx = step_context(config)
@@ -186,6 +198,15 @@ class RunnableLambda(Runnable):
                 "`async def` and await inside it, so its result is published, not the coroutine"
             )
         return result
+
+    async def _in_process(self, input: Any, config: Config) -> Any:
+        """In the run's PubSub's pool, within the run's ``max_processes``; outside
+        a run, in the module-wide pool."""
+        assert self._process is not None
+        ctx = step_context(config)
+        if ctx is None or ctx.services is None:
+            return await self._process.run(input, default_pool(), ctx.processes if ctx else None)
+        return await self._process.run(input, ctx.services.process_pool(), ctx.processes)
 
     def __repr__(self) -> str:
         return f"RunnableLambda({self.name})"
