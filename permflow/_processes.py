@@ -78,9 +78,7 @@ def check_importable(func: Callable[..., Any], async_: bool) -> None:
             "worker process; make it a plain `def` (async steps already run on the event loop)"
         )
     if "<lambda>" in name:
-        raise DefinitionError(
-            f"step {name!r} is a lambda: a worker process cannot import it by name; {fix}"
-        )
+        raise DefinitionError(f"step {name!r} is a lambda: a worker process cannot import it by name; {fix}")
     if "<locals>" in name:
         raise DefinitionError(
             f"step {name!r} is defined inside a function: a worker process cannot import it by name; {fix}"
@@ -299,7 +297,7 @@ class ProcessRunner:
                 raise BrokenProcessPool(
                     f"the worker process running step {self._name!r} died before returning (killed, "
                     "crashed or called os._exit; later calls get a new pool). Worker processes import "
-                    "the main script: keep its top-level code under `if __name__ == \"__main__\":`"
+                    'the main script: keep its top-level code under `if __name__ == "__main__":`'
                 ) from exc
             except _UnpicklableResult as exc:
                 raise SerializationError(
@@ -323,4 +321,3 @@ async def _result(future: Future[bytes]) -> bytes:
     finally:
         if not future.done():
             future.cancel()
-

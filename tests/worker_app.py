@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from permflow import PubSub, RedisPubSubConnection, Topic
+from permflow import PubSub, RedisPubSubConnection, RunnableLambda, Topic
 
 #: Seconds the slow steps wait: the workload of a run, long enough for a test
 #: to kill or stop a worker while it holds deliveries.
@@ -90,6 +90,18 @@ fan_out = PubSub(
     Topic.IN.subscribe() | (lambda n: list(range(n))) | ITEMS.publish_each(),
     ITEMS.subscribe() | _slow_square | SQUARES.publish(),
     SQUARES.join() | _total | Topic.OUT.publish(),
+)
+
+
+def _crunch(n: int) -> dict[str, int]:
+    """CPU work, run in a process of the worker's pool: its pid is neither the worker's nor the client's."""
+    return {"value": sum(range(n)), "pid": os.getpid()}
+
+
+#: n → sum(range(n)) in a worker process of the worker's pool of one → OUT {"value", "pid"}.
+crunch = PubSub(
+    Topic.IN.subscribe() | RunnableLambda(_crunch, execution="process") | Topic.OUT.publish(),
+    max_processes=1,
 )
 
 
