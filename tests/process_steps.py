@@ -90,9 +90,10 @@ def span(args: tuple[str, int]) -> tuple[int, int]:
 
 
 def record_then_wait(args: tuple[str, int]) -> int:
-    """Write ``args[1]`` into directory ``args[0]``, then wait for a file ``go`` there."""
+    """Write a file ``ran-<args[1]>`` holding this pid into directory ``args[0]``, then wait
+    for a file ``go`` there."""
     where, x = args
-    Path(where, f"ran-{x}").touch()
+    Path(where, f"ran-{x}").write_text(str(os.getpid()))
     deadline = time.monotonic() + BACKSTOP_SECONDS
     while not Path(where, "go").exists() and time.monotonic() < deadline:
         time.sleep(0.005)  # waiting for the test process to let go

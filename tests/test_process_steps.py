@@ -48,6 +48,7 @@ from permflow import (
     SerializationError,
     Topic,
 )
+from permflow._processes import CLOSE_GRACE_SECONDS
 
 pytestmark = pytest.mark.anyio
 
@@ -338,6 +339,23 @@ async def test_a_cancelled_run_abandons_its_calls(anyio_backend: str, tmp_path: 
             await pubsub.aclose()
     ran = [p.name for p in os.scandir(tmp_path) if p.name != "go"]
     assert ran in (["ran-0"], ["ran-1"])
+
+
+async def test_close_terminates_a_call_that_outlives_the_grace_period(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """A call abandoned by a stopped run and still running when the PubSub closes is given
+    CLOSE_GRACE_SECONDS, then its process is terminated: ``aclose`` does not wait for it."""
+    pubsub = one_step(record_then_wait)
+    with anyio.fail_after(30):
+        async with pubsub.astream((str(tmp_path), 0)) as messages:
+            async for _ in messages:  # the input; then wait until the call runs, and leave
+                await anyio.to_thread.run_sync(wait_until, lambda: any(tmp_path.iterdir()))
+                break
+    pid = int((tmp_path / "ran-0").read_text())
+    with anyio.fail_after(CLOSE_GRACE_SECONDS + 10):  # far less than the step's 20 s wait
+        await pubsub.aclose()
+    assert gone(pid)
 
 
 def test_the_pools_are_shut_down_at_interpreter_exit(tmp_path: Path) -> None:
