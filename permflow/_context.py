@@ -17,19 +17,26 @@ RUN_KEY = "__permflow_run__"
 
 
 class StepContext:
-    """Per-delivery state: messages published so far, the thread limiter, and
+    """Per-delivery state: messages published so far, the thread limiter, the
+    run's limiter of process calls (``processes``, from ``max_processes``), and
     what the PubSub lends its steps (``services``; None in bare tests).
 
     Publishes are buffered here and stored by the engine only when the whole
     chain has finished, together with the ack of the delivery.
     """
 
-    __slots__ = ("limiter", "outbox", "services")
+    __slots__ = ("limiter", "outbox", "processes", "services")
 
-    def __init__(self, limiter: anyio.CapacityLimiter | None, services: Services | None = None) -> None:
+    def __init__(
+        self,
+        limiter: anyio.CapacityLimiter | None,
+        services: Services | None = None,
+        processes: anyio.CapacityLimiter | None = None,
+    ) -> None:
         self.outbox: list[tuple[str, Any]] = []
         self.limiter = limiter
         self.services = services
+        self.processes = processes
 
     def publish(self, topic: str, value: Any) -> None:
         self.outbox.append((topic, value))

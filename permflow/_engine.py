@@ -33,6 +33,7 @@ from ._filter import select
 from ._gate import Gate
 from ._lineage import check_repeat, depth_exceeded
 from ._message import Delivery, Message
+from ._processes import default_max_processes
 from ._topic import ERROR_NAME
 from ._tracebacks import add_note, mark_step_error
 
@@ -68,6 +69,8 @@ class Settings:
     timeout: float | None = None
     step_timeout: float | None = None
     max_deliveries: int = 5
+    #: Process steps of one run at once (None: as many as the pool has processes).
+    max_processes: int | None = None
     poll_interval: float = 1.0
     trace: Tracer | None = None
 
@@ -128,6 +131,10 @@ class Run:
         else:
             self._steps = anyio.CapacityLimiter(limit) if limit else None
         self._threads = anyio.CapacityLimiter(limit or _DEFAULT_THREADS)
+        # process steps of this run at once: calls beyond it wait here, where
+        # cancelling the run cancels them, not in the pool's queue
+        processes = settings.max_processes or (services and services.max_processes) or default_max_processes()
+        self._processes = anyio.CapacityLimiter(processes)
         # Suspects exist only where leases run out (stores that outlive drivers).
         self._gate: Gate | None = None
         if capacity is not None:
@@ -412,7 +419,7 @@ class Run:
         if step.on_cycle:
             trail = (*trail, check_repeat(step.name, source, trail))
         value = [m.value for m in messages] if step.join else source.value
-        ctx = StepContext(self._threads, self.services)
+        ctx = StepContext(self._threads, self.services, self._processes)
         try:
             if self._plain:
                 await step.process.ainvoke(value, {RUN_KEY: ctx})

@@ -14,7 +14,8 @@ both:
 
 Observations are shared by all steps made from the same function code, so
 100 lambdas built in one loop learn together. ``execution="thread"`` and
-``execution="inline"`` pin a step to one side.
+``execution="inline"`` pin a step to one side. ``execution="process"`` runs
+it in a pool of worker processes instead (``permflow._processes``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ._errors import ConfigError
 
 __all__ = ["Execution", "SyncRunner", "note_blocking_call"]
 
-Execution = Literal["auto", "thread", "inline"]
+Execution = Literal["auto", "thread", "inline", "process"]
 
 FAST_SECONDS = 0.0001
 SLOW_SECONDS = 0.001
@@ -82,7 +83,7 @@ class SyncRunner:
 
     def __init__(self, func: Callable[..., Any], mode: Execution = "auto") -> None:
         if mode not in ("auto", "thread", "inline"):
-            raise ConfigError(f"execution must be 'auto', 'thread' or 'inline', not {mode!r}")
+            raise ConfigError(f"execution must be 'auto', 'thread', 'inline' or 'process', not {mode!r}")
         self._func = func
         self._mode = mode
         self._profile = _profile_for(func) if mode == "auto" else _Profile()

@@ -36,7 +36,14 @@ __all__ = ["PubSub"]
 
 T = TypeVar("T")
 
-_SETTINGS = ("recursion_limit", "max_concurrency", "timeout", "step_timeout", "max_deliveries")
+_SETTINGS = (
+    "recursion_limit",
+    "max_concurrency",
+    "timeout",
+    "step_timeout",
+    "max_deliveries",
+    "max_processes",
+)
 _CONFIG_KEYS = frozenset(("state_id", *_SETTINGS))
 _log = logging.getLogger("permflow.run")
 
@@ -54,6 +61,11 @@ class PubSub(Runnable):
     ``resources`` names factories of objects its steps share (clients, pools,
     models): a step with a ``resources`` parameter receives them, made on
     first use and closed by ``close``/``aclose`` (see ``permflow._resources``).
+
+    ``max_processes`` sizes the pool of worker processes that this PubSub's
+    ``execution="process"`` steps share (default: the number of CPUs); given
+    in ``config``, it caps how many process steps of that one call use the
+    pool at once.
     """
 
     def __init__(
@@ -66,6 +78,7 @@ class PubSub(Runnable):
         timeout: float | None = None,
         step_timeout: float | None = None,
         max_deliveries: int = 5,
+        max_processes: int | None = None,
         trace: Tracer | None = None,
         inputs: Sequence[Topic | str] = (),
         resources: Mapping[str, Callable[[], Any]] | None = None,
@@ -76,9 +89,7 @@ class PubSub(Runnable):
         if connection is not None and not isinstance(connection, PubSubConnection):
             raise ConfigError(f"connection must be a PubSubConnection, got {connection!r}")
         self.connection = connection if connection is not None else InMemoryPubSubConnection()
-        #: What this PubSub lends its steps and closes with ``close()``/``aclose()``.
         factories = None if resources is None else check_factories(resources)
-        self.services = Services(self.connection, resources=factories)
         #: Topics fed from outside this PubSub (a human's answer, another PubSub on
         #: the same state id): reading them is not a wiring mistake.
         self.inputs: tuple[str, ...] = _topic_names(inputs)
@@ -92,7 +103,13 @@ class PubSub(Runnable):
                 timeout=timeout,
                 step_timeout=step_timeout,
                 max_deliveries=max_deliveries,
+                max_processes=max_processes,
             ),
+        )
+        #: What this PubSub lends its steps and closes with ``close()``/``aclose()``.
+        #: What this PubSub lends its steps and closes with ``close()``/``aclose()``.
+        self.services = Services(
+            self.connection, resources=factories, max_processes=self.settings.max_processes
         )
         if trace is not None:
             if not callable(trace):
@@ -414,4 +431,10 @@ def _settings(base: Settings, overrides: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"{key} must be a positive number of seconds or None, got {seconds!r}")
     if values["max_deliveries"] < 1:
         raise ConfigError(f"max_deliveries must be at least 1, got {values['max_deliveries']!r}")
+    processes = values["max_processes"]
+    positive = isinstance(processes, int) and not isinstance(processes, bool) and processes > 0
+    if processes is not None and not positive:
+        raise ConfigError(
+            f"max_processes must be a positive integer or None (the CPU count), got {processes!r}"
+        )
     return dataclasses.replace(base, **values)

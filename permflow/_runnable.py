@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._context import step_context
-from ._errors import ConfigError
+from ._errors import ConfigError, DefinitionError
 from ._execution import Execution, SyncRunner
 from ._portal import run_sync
+from ._processes import ProcessRunner, check_importable, default_pool
 from ._resources import asks_for_resources, resources_for
 
 if TYPE_CHECKING:
@@ -177,9 +178,13 @@ class RunnableLambda(Runnable):
     """A step made from a function (sync or async).
 
     ``execution`` chooses where a sync function runs: ``"auto"`` (default,
-    see ``permflow._execution``), ``"thread"`` or ``"inline"``. A function with
-    a parameter named ``resources`` (after its input) also receives the shared
-    resources of its PubSub (see ``permflow._resources``).
+    see ``permflow._execution``), ``"thread"`` or ``"inline"``; or
+    ``"process"``: in a pool of worker processes (see ``permflow._processes``),
+    for which ``func`` must be an importable, module-level plain function
+    (else ``DefinitionError`` here). A function with a parameter named
+    ``resources`` (after its input) also receives the shared resources of its
+    PubSub (see ``permflow._resources``); a process step cannot (they stay in
+    this process).
     """
 
     def __init__(self, func: Callable[..., Any], *, execution: Execution = "auto") -> None:
@@ -187,8 +192,19 @@ class RunnableLambda(Runnable):
             raise ConfigError(f"expected a callable, got {func!r}")
         self.func = func
         self._is_async = _is_async_callable(func)
-        self._runner = None if self._is_async else SyncRunner(func, execution)
+        self._runner: SyncRunner | None = None
+        self._process: ProcessRunner | None = None
+        if execution == "process":
+            check_importable(func, async_=self._is_async)
+            self._process = ProcessRunner(func, self.name)
+        elif not self._is_async:
+            self._runner = SyncRunner(func, execution)
         self._asks = asks_for_resources(func)  # looked at once: steps that don't ask pay nothing
+        if self._process is not None and self._asks is not None:
+            raise DefinitionError(
+                f"step {self.name!r} runs in a worker process (execution='process') and asks for "
+                "'resources': shared resources stay in this process; pass what the step needs in its input"
+            )
 
     @property
     def name(self) -> str:
@@ -198,9 +214,12 @@ class RunnableLambda(Runnable):
 
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
         """Await an async function; run a sync one as ``execution`` says (a worker
-        thread or inline). Raises ``TypeError`` if a plain function returns a
-        coroutine (it should be ``async def``). A function that asks for
-        ``resources`` gets them; ``ConfigError`` if there are none to give."""
+        thread, inline or in a worker process). Raises ``TypeError`` if a plain
+        function returns a coroutine (it should be ``async def``). A function
+        that asks for ``resources`` gets them; ``ConfigError`` if there are none
+        to give."""
+        if self._process is not None:
+            return await self._in_process(input, config)
         extra = None if self._asks is None else await resources_for(self, config, self._asks)
         if self._runner is None:
             return await (self.func(input) if extra is None else self.func(input, **extra))
@@ -213,6 +232,15 @@ class RunnableLambda(Runnable):
                 "`async def` and await inside it, so its result is published, not the coroutine"
             )
         return result
+
+    async def _in_process(self, input: Any, config: Config) -> Any:
+        """In the run's PubSub's pool, within the run's ``max_processes``; outside
+        a run, in the module-wide pool."""
+        assert self._process is not None
+        ctx = step_context(config)
+        if ctx is None or ctx.services is None:
+            return await self._process.run(input, default_pool(), ctx.processes if ctx else None)
+        return await self._process.run(input, ctx.services.process_pool(), ctx.processes)
 
     def __repr__(self) -> str:
         return f"RunnableLambda({self.name})"

@@ -10,7 +10,15 @@ import pytest
 
 from permflow import CycleError, InMemoryPubSubConnection, PubSub, Topic
 
-KNOWN = ("state_id", "recursion_limit", "max_concurrency", "timeout", "step_timeout", "max_deliveries")
+KNOWN = (
+    "state_id",
+    "recursion_limit",
+    "max_concurrency",
+    "timeout",
+    "step_timeout",
+    "max_deliveries",
+    "max_processes",
+)
 
 
 def _echo() -> PubSub:

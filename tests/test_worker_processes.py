@@ -185,6 +185,25 @@ async def test_two_worker_processes_run_a_batch_of_200_three_process_chains(
     assert all(w.driven for w in workers)
 
 
+async def test_a_worker_runs_process_steps_in_a_pool_it_closes_on_sigterm(
+    redis_url: str, redis_prefix: str, work_key_cleaned: None
+) -> None:
+    """A worker runs an ``execution="process"`` step in a process of its own pool (a pid neither
+    the worker's nor the client's); on SIGTERM it exits 0 and that process is gone too."""
+    async with worker_processes("crunch", redis_url, redis_prefix, count=1) as (worker,):
+        async with client_of(worker_app.crunch, redis_url, redis_prefix) as client:
+            with anyio.fail_after(60):
+                results = await client.abatch([10, 100, 1000])
+        worker.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            assert await worker.process.wait() == 0
+    assert [[out["value"] for out in run] for run in results] == [[45], [4950], [499500]]
+    pids = {out["pid"] for run in results for out in run}
+    assert len(pids) == 1 and not pids & {worker.pid, os.getpid()}
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids.pop(), 0)
+
+
 @asynccontextmanager
 async def submitting(
     client: PubSub, inputs: list[Any], configs: list[dict[str, Any]]

@@ -149,6 +149,18 @@ def _expensive(x: int) -> dict[str, int]:
 cached = PubSub(Topic.IN.subscribe() | RunnableLambda(_expensive).with_cache() | Topic.OUT.publish())
 
 
+def _crunch(n: int) -> dict[str, int]:
+    """CPU work, run in a process of the worker's pool: its pid is neither the worker's nor the client's."""
+    return {"value": sum(range(n)), "pid": os.getpid()}
+
+
+#: n → sum(range(n)) in a worker process of the worker's pool of one → OUT {"value", "pid"}.
+crunch = PubSub(
+    Topic.IN.subscribe() | RunnableLambda(_crunch, execution="process") | Topic.OUT.publish(),
+    max_processes=1,
+)
+
+
 def client(pubsub: PubSub, url: str, prefix: str, *, lease: float = 30.0) -> PubSub:
     """``pubsub`` over Redis at ``url``/``prefix``, submitting its runs to workers."""
     connection = RedisPubSubConnection.from_url(url, prefix=prefix, lease=lease)
