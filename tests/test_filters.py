@@ -284,9 +284,9 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     trips: list[list[str]] = []
     original = Bound._write_read
 
-    async def counted(self: Bound, calls: list[Any], alone: bool, replies: list[Any]) -> None:
+    async def counted(self: Bound, calls: list[Any], *args: Any, **kwargs: Any) -> None:
         trips.append([name for name, _, _ in calls])
-        await original(self, calls, alone, replies)
+        await original(self, calls, *args, **kwargs)
 
     monkeypatch.setattr(Bound, "_write_read", counted)
     return trips

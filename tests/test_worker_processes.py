@@ -186,12 +186,12 @@ async def test_two_worker_processes_run_a_batch_of_200_three_process_chains(
 
 
 async def test_a_worker_runs_process_steps_in_a_pool_it_closes_on_sigterm(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None
+    store_url: str, redis_prefix: str
 ) -> None:
     """A worker runs an ``execution="process"`` step in a process of its own pool (a pid neither
     the worker's nor the client's); on SIGTERM it exits 0 and that process is gone too."""
-    async with worker_processes("crunch", redis_url, redis_prefix, count=1) as (worker,):
-        async with client_of(worker_app.crunch, redis_url, redis_prefix) as client:
+    async with worker_processes("crunch", store_url, redis_prefix, count=1) as (worker,):
+        async with client_of(worker_app.crunch, store_url, redis_prefix) as client:
             with anyio.fail_after(60):
                 results = await client.abatch([10, 100, 1000])
         worker.process.send_signal(signal.SIGTERM)
@@ -283,12 +283,12 @@ async def test_a_join_over_a_fan_out_spread_over_two_workers_fires_once(
 
 
 async def test_a_filtered_subscription_on_two_worker_processes_runs_for_matching_messages_only(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None
+    store_url: str, redis_prefix: str
 ) -> None:
     """Workers run a filtered subscription's step for the even numbers only: nothing is published
     for the odd ones, and none of them is left outstanding."""
-    async with worker_processes("filtered", redis_url, redis_prefix) as workers:
-        async with client_of(worker_app.filtered, redis_url, redis_prefix) as client:
+    async with worker_processes("filtered", store_url, redis_prefix) as workers:
+        async with client_of(worker_app.filtered, store_url, redis_prefix) as client:
             with anyio.fail_after(60):
                 out = await client.ainvoke(30, {"state_id": "evens"})
             log = await client.apeek("evens")
@@ -301,14 +301,14 @@ async def test_a_filtered_subscription_on_two_worker_processes_runs_for_matching
 
 
 async def test_a_worker_makes_its_own_resources_once_and_closes_them_on_sigterm(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None, tmp_path: Path
+    store_url: str, redis_prefix: str, tmp_path: Path
 ) -> None:
     """A worker process makes the PubSub's resources itself, once for many runs, and exits them
     when SIGTERM stops it; the client, where no step runs, makes none."""
     async with worker_processes(
-        "with_resources", redis_url, redis_prefix, count=1, resource_dir=tmp_path
+        "with_resources", store_url, redis_prefix, count=1, resource_dir=tmp_path
     ) as (worker,):
-        async with client_of(worker_app.with_resources, redis_url, redis_prefix) as client:
+        async with client_of(worker_app.with_resources, store_url, redis_prefix) as client:
             with anyio.fail_after(60):
                 results = await client.abatch(list(range(10)))
             assert not (tmp_path / f"closed-{worker.pid}").exists()  # open while the worker runs
@@ -324,15 +324,15 @@ async def test_a_worker_makes_its_own_resources_once_and_closes_them_on_sigterm(
 
 
 async def test_a_second_worker_process_gets_the_first_ones_cached_result(
-    redis_url: str, redis_prefix: str, work_key_cleaned: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_url: str, redis_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cached result computed by one worker process is reused by a later one: the step never runs there."""
     executions = tmp_path / "executions"
     monkeypatch.setenv("PERMFLOW_TEST_EXECUTIONS_FILE", str(executions))
     outs = []
     for run in ("first", "second"):
-        async with worker_processes("cached", redis_url, redis_prefix, count=1) as (worker,):
-            async with client_of(worker_app.cached, redis_url, redis_prefix) as client:
+        async with worker_processes("cached", store_url, redis_prefix, count=1) as (worker,):
+            async with client_of(worker_app.cached, store_url, redis_prefix) as client:
                 with anyio.fail_after(60):
                     outs.append((worker.pid, await client.ainvoke(4, {"state_id": run})))
             assert worker.driven == [run]
