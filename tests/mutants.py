@@ -77,8 +77,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "depth_limit_off",
         "permflow/_engine.py",
-        "if source.depth >= settings.recursion_limit:",
-        "if False:",
+        "        if source.depth >= limit:",
+        "        if False:",
         "a loop that keeps changing its value must fail with CycleError at recursion_limit",
         (CONFORMANCE, "tests/test_settings.py"),
     ),
@@ -127,8 +127,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "commit_owner_check_off_redis",
         "permflow/connections/redis/_scripts.py",
-        "if not mine[ARGV[k]] then ok = false end",
-        "if false then ok = false end",
+        "    if not mine[ARGV[k]] then ok = false end\n    ids[#ids + 1] = ARGV[k]\n  end\n  local stored",
+        "    if false then ok = false end\n    ids[#ids + 1] = ARGV[k]\n  end\n  local stored",
         "COMMIT stores and acks only for the owner XPENDING says holds the delivery",
         (REDIS, CONFORMANCE),
         quick=True,
@@ -136,8 +136,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "recommit_stores_twice",
         "permflow/connections/redis/_scripts.py",
-        "if not mine[ARGV[k]] then ok = false end",
-        "if not mine[ARGV[k]] and not again then ok = false end",
+        "    if not mine[ARGV[k]] then ok = false end\n    ids[#ids + 1] = ARGV[k]\n  end\n  local stored",
+        "    if not mine[ARGV[k]] and not again then ok = false end\n"
+        "    ids[#ids + 1] = ARGV[k]\n  end\n  local stored",
         "a commit resent after its reply was lost must not store its outputs a second time",
         ("tests/test_faults.py", REDIS),
     ),
@@ -239,8 +240,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "stop_commit_refusal_off_redis",
         "permflow/connections/redis/_scripts.py",
-        "if redis.call('EXISTS', KEYS[6]) == 1 then return false end",
-        "if false then return false end",
+        "stores nothing more.\n  if redis.call('EXISTS', KEYS[6]) == 1 then return false end",
+        "stores nothing more.\n  if false then return false end",
         "once a client left a stream, COMMIT refuses the workers' commits for that run",
         ("tests/test_redis_work.py", "tests/test_workers.py"),
         quick=True,
@@ -270,6 +271,48 @@ MUTANTS: tuple[Mutant, ...] = (
         "a fetched-ahead reply is handed out once, not again at the next fetch",
         (REDIS,),
         quick=True,
+    ),
+    # -- step capabilities ------------------------------------------------------------
+    Mutant(
+        "filter_inverted",
+        "permflow/_filter.py",
+        "        if verdict:\n            kept.append(message)",
+        "        if not verdict:\n            kept.append(message)",
+        "a filtered subscription must run for the messages its predicate accepts, and only those",
+        ("tests/test_filters.py",),
+        quick=True,
+    ),
+    Mutant(
+        "cache_no_single_flight",
+        "permflow/_cache.py",
+        "while (flight := flights.get(where)) is not None:",
+        "while False and (flight := flights.get(where)) is not None:",
+        "concurrent calls of a cached step with one key must run the step once",
+        ("tests/test_cache.py",),
+    ),
+    Mutant(
+        "cache_version_ignored",
+        "permflow/_cache.py",
+        "head = _canonical([self.version, serializer.name])",
+        "head = _canonical([None, serializer.name])",
+        "changing a cached step's version must invalidate what it stored",
+        ("tests/test_cache.py", "tests/test_cache_memory.py"),
+    ),
+    Mutant(
+        "resources_unlocked",
+        "permflow/_resources.py",
+        "        async with self.lock:\n            if self.view is None:",
+        "        if True:\n            if self.view is None:",
+        "40 concurrent first uses of the shared resources must still make each one once",
+        ("tests/test_resources.py",),
+    ),
+    Mutant(
+        "replicas_unchecked",
+        "permflow/connections/redis/_replication.py",
+        "        if acked >= self.replicas:\n            return",
+        "        if True:\n            return",
+        "with replicas=N a write must fail when fewer than N replicas acknowledge it",
+        ("tests/test_replicas.py",),
     ),
 )
 
