@@ -169,11 +169,15 @@ class RunnableCached(Runnable):
             if found is not None:
                 flight.entry = entry
                 return _replay(found, ctx)
-            mark = ctx.mark() if ctx is not None else 0
-            result = await self.inner.ainvoke(input, config)
-            published = ctx.outbox[mark:] if ctx is not None else []
+            # the step publishes apart, so that the entry holds its messages only
+            # (not those of steps running beside it, e.g. a dict step's other keys)
+            part = ctx.child() if ctx is not None else None
+            result = await self.inner.ainvoke(input, config if part is None else part.config(config))
+            published = part.outbox if part is not None else []
             entry = self._encode(result, published, serializer)
             await conn.cache_set(self.cache_name, key, entry, self.ttl)
+            if ctx is not None and part is not None:
+                ctx.adopt(part)
             flight.entry = entry
             return result
         except Exception as exc:

@@ -41,12 +41,19 @@ class StepContext:
     def publish(self, topic: str, value: Any) -> None:
         self.outbox.append((topic, value))
 
-    def mark(self) -> int:
-        return len(self.outbox)
+    def child(self) -> StepContext:
+        """A context for one part of a step (a retry attempt, a cached call)
+        whose publishes stay apart until ``adopt``: parts running beside it (a
+        dict step's other keys) keep publishing into their own."""
+        return StepContext(self.limiter, self.services, self.processes)
 
-    def rollback(self, mark: int) -> None:
-        """Discard what was published since ``mark`` (a failed attempt)."""
-        del self.outbox[mark:]
+    def adopt(self, child: StepContext) -> None:
+        """Take over what ``child`` published (its part succeeded)."""
+        self.outbox.extend(child.outbox)
+
+    def config(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``config`` with this context as the run's."""
+        return {**(config or {}), RUN_KEY: self}
 
 
 def step_context(config: Mapping[str, Any] | None) -> StepContext | None:

@@ -85,12 +85,12 @@ class RunnableRetry(Runnable):
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
         ctx = step_context(config)
         for attempt in range(1, self.attempts + 1):
-            mark = ctx.mark() if ctx else 0
+            # each attempt publishes apart: a failed one's messages are dropped
+            # without touching what steps running beside it published
+            part = ctx.child() if ctx else None
             try:
-                return await self.inner.ainvoke(input, config)
+                result = await self.inner.ainvoke(input, config if part is None else part.config(config))
             except self.retry_on as exc:
-                if ctx:
-                    ctx.rollback(mark)
                 if attempt == self.attempts:
                     raise
                 wait = self.wait_before(attempt)
@@ -105,6 +105,10 @@ class RunnableRetry(Runnable):
                     exc,
                     exc_info=_log.isEnabledFor(logging.DEBUG),
                 )
+            else:
+                if ctx is not None and part is not None:
+                    ctx.adopt(part)
+                return result
             await _sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
