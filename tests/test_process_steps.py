@@ -271,9 +271,11 @@ def test_invalid_max_processes_is_refused(value: Any) -> None:
 
 
 def test_max_processes_carries_over_to_another_connection() -> None:
-    """``with_connection`` keeps the setting (not the pool): the moved PubSub's pool has its size."""
-    moved = one_step(square, max_processes=3).with_connection(InMemoryPubSubConnection())
+    """``with_connection`` shares the pool: a loop of moved PubSubs starts no new processes."""
+    original = one_step(square, max_processes=3)
+    moved = original.with_connection(InMemoryPubSubConnection())
     assert moved.services.max_processes == 3
+    assert moved.services.process_pool() is original.services.process_pool()
     assert moved.services.process_pool().max_processes == 3
 
 

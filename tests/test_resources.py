@@ -406,8 +406,9 @@ async def test_sync_close_from_the_loop_that_made_them_does_not_wait_for_itself(
     assert "resource 'pool'" in caplog.text and "await pubsub.aclose()" in caplog.text
 
 
-async def test_with_connection_carries_the_factories_not_the_resources(anyio_backend: str) -> None:
-    """A PubSub moved to another connection makes and closes resources of its own."""
+async def test_with_connection_shares_the_resources(anyio_backend: str) -> None:
+    """A PubSub moved to another connection uses the original's resources (one set,
+    not one per clone), and closing either closes them for both."""
     journal = Journal()
     pubsub = PubSub(
         Topic.IN.subscribe() | (lambda x, resources: resources["db"]["n"]) | Topic.OUT.publish(),
@@ -416,10 +417,10 @@ async def test_with_connection_carries_the_factories_not_the_resources(anyio_bac
     moved = pubsub.with_connection(InMemoryPubSubConnection())
     with anyio.fail_after(20):
         assert await pubsub.ainvoke(1) == [1]
-        assert await moved.ainvoke(1) == [2]
+        assert await moved.ainvoke(1) == [1]  # the same database
         await moved.aclose()
-        assert journal.events == ["make db", "make db", "exit db"]
-        assert await pubsub.ainvoke(1) == [1]  # the original's are still open
+        assert journal.events == ["make db", "exit db"]
+        assert await pubsub.ainvoke(1) == [2]  # made anew after the close
         await pubsub.aclose()
     assert journal.made == {"db": 2} and journal.events.count("exit db") == 2
 
