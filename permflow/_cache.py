@@ -247,8 +247,10 @@ def _replay(found: tuple[Any, list[Any]], ctx: StepContext | None) -> Any:
 
 
 def cache_name_of(step: Runnable) -> str:
-    """The qualified name of the function ``step`` runs (``module.qualname``);
-    ``DefinitionError`` if it has none that stays the same across processes."""
+    """The qualified name (``__qualname__``) of the function ``step`` runs;
+    ``DefinitionError`` if it has none that stays the same across processes.
+    Not prefixed by the module, which differs between ``python app.py``
+    (``__main__``) and a worker importing ``app``."""
     from ._retry import RunnableRetry, RunnableTimeout
 
     inner = step
@@ -268,7 +270,7 @@ def cache_name_of(step: Runnable) -> str:
             f"step {step.name!r} is a lambda, which has no stable name to cache its results "
             "under: pass with_cache(name='...') or make it a def"
         )
-    return f"{func.__module__}.{qualname}"
+    return str(qualname)
 
 
 def _canonical(value: Any) -> bytes:

@@ -16,10 +16,11 @@ def square(x: int) -> int:
 
 
 def test_the_default_name_is_the_functions_qualified_name() -> None:
-    """A def's cache is named module.qualname; the step keeps its display name (and the process its name)."""
+    """A def's cache is named by its __qualname__ (the same in a script and in a worker importing it);
+    the step keeps its display name (and the process its name)."""
     cached = RunnableLambda(square).with_cache()
     assert isinstance(cached, RunnableCached)
-    assert cached.cache_name == f"{__name__}.square"
+    assert cached.cache_name == "square"
     assert cached.name == "square"
     chain = Topic.IN.subscribe() | square | Topic.OUT.publish()
     assert (Topic.IN.subscribe() | cached | Topic.OUT.publish()).name == chain.name
