@@ -12,9 +12,9 @@ cached chain has the same effect as one that ran. Its key is a digest of the
 step's ``version``, the serializer and the input (or ``key(input)``) in a
 canonical JSON form, so equal inputs give equal keys in every process.
 
-Concurrent calls with the same key on one event loop run the step once: the
-first runs it, the others wait and share its result or (each a copy of) its
-error. A failure is never stored; if the first caller is cancelled, a waiter
+Concurrent calls with the same key in one process run the step once, also
+across threads and event loops: the first runs it, the others wait and share
+its result or (each a copy of) its error. A failure is never stored; if the first caller is cancelled, a waiter
 runs the step.
 """
 
@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 
 from ._context import StepContext, step_context
 from ._errors import DefinitionError, SerializationError
@@ -46,7 +47,6 @@ __all__ = ["RunnableCached", "cache_name_of", "local_cache_connection"]
 _log = logging.getLogger("permflow.cache")
 _local: PubSubConnection | None = None
 _local_lock = threading.Lock()
-_flights = threading.local()
 
 
 def local_cache_connection() -> PubSubConnection:
@@ -61,14 +61,34 @@ def local_cache_connection() -> PubSubConnection:
 
 
 class _Flight:
-    """One running computation of a cached step that others with its key wait for."""
+    """One running computation of a cached step that others with its key wait for:
+    on its own event loop through an event, from other threads' loops through
+    a thread that waits (only when two loops compute one key at once)."""
 
-    __slots__ = ("done", "entry", "error")
+    __slots__ = ("done", "entry", "error", "finished", "thread")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
+        self.finished = threading.Event()
+        self.thread = threading.get_ident()
         self.entry: bytes | None = None
         self.error: Exception | None = None
+
+    async def wait(self) -> None:
+        if threading.get_ident() == self.thread:
+            await self.done.wait()
+        else:
+            await anyio.to_thread.run_sync(self.finished.wait, abandon_on_cancel=True)
+
+    def land(self) -> None:
+        """Wake every waiter (called by the flight's own task)."""
+        self.finished.set()
+        self.done.set()
+
+
+#: (connection id, cache name, key) -> the computation running in this process.
+_flights: dict[tuple[int, str, str], _Flight] = {}
+_flights_lock = threading.Lock()
 
 
 class RunnableCached(Runnable):
@@ -151,10 +171,14 @@ class RunnableCached(Runnable):
         conn = services.connection if services is not None else local_cache_connection()
         serializer = conn.cache_serializer
         key = self.cache_key(input, serializer)
-        flights: dict[tuple[int, str, str], _Flight] = _flights.__dict__.setdefault("table", {})
         where = (id(conn), self.cache_name, key)
-        while (flight := flights.get(where)) is not None:
-            await flight.done.wait()
+        while True:
+            with _flights_lock:
+                flight = _flights.get(where)
+                if flight is None:
+                    flight = _flights[where] = _Flight()
+                    break
+            await flight.wait()
             if flight.error is not None:
                 raise _copy_of(flight.error)
             if flight.entry is not None:
@@ -162,7 +186,6 @@ class RunnableCached(Runnable):
                 if found is not None:
                     return _replay(found, ctx)
             # the first caller was cancelled: the next one runs the step
-        flight = flights[where] = _Flight()
         try:
             entry = await conn.cache_get(self.cache_name, key)
             found = None if entry is None else self._decode(entry, serializer)
@@ -184,8 +207,9 @@ class RunnableCached(Runnable):
             flight.error = _copy_of(exc)  # before the engine adds this delivery's notes to it
             raise
         finally:
-            del flights[where]
-            flight.done.set()
+            with _flights_lock:
+                del _flights[where]
+            flight.land()
 
     def _encode(self, result: Any, published: list[tuple[str, Any]], serializer: Serializer) -> bytes:
         try:

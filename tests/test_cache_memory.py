@@ -251,3 +251,44 @@ async def test_when_the_first_caller_is_cancelled_a_waiter_runs_the_step(anyio_b
 
 async def _append(results: list[int], call: Any) -> None:
     results.append(await call)
+
+
+def test_two_event_loops_in_two_threads_share_one_execution(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent calls with one key from two threads, each with its own event loop, run the step once."""
+    import threading
+
+    import permflow._cache as cache
+
+    started, release, waiting = threading.Event(), threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def slow(x: int) -> int:
+        runs.append(x)
+        started.set()
+        release.wait(10)
+        return x * 2
+
+    step = RunnableLambda(slow, execution="thread").with_cache(name="two loops")
+    original_wait = cache._Flight.wait
+
+    async def observed_wait(self: Any) -> None:
+        waiting.set()  # the second caller found the first one's flight
+        await original_wait(self)
+
+    monkeypatch.setattr(cache._Flight, "wait", observed_wait)
+    results: dict[str, Any] = {}
+
+    def call(who: str) -> None:
+        results[who] = anyio.run(step.ainvoke, 21)
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=call, args=("second",))
+    second.start()
+    assert waiting.wait(10)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert results == {"first": 42, "second": 42}
+    assert runs == [21]
