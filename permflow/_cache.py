@@ -14,8 +14,8 @@ canonical JSON form, so equal inputs give equal keys in every process.
 
 Concurrent calls with the same key in one process run the step once, also
 across threads and event loops: the first runs it, the others wait and share
-its result or (each a copy of) its error. A failure is never stored; if the first caller is cancelled, a waiter
-runs the step.
+its result or (each a copy of) its error. A failure is never stored; if the
+first caller is cancelled, a waiter runs the step.
 """
 
 from __future__ import annotations
