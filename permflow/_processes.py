@@ -38,7 +38,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -283,13 +283,9 @@ class ProcessRunner:
 
         blobs = self._pickled(value)
         async with limiter if limiter is not None else nullcontext():
-            executor = pool.executor()
-            try:
-                future = executor.submit(_call_in_child, *blobs)
-            except BrokenProcessPool:
-                pool.discard(executor)
-                executor = pool.executor()
-                future = executor.submit(_call_in_child, *blobs)
+            # Starting the pool, or one of its processes, takes milliseconds (a
+            # forkserver, then a fork per process): off the event loop.
+            executor, future = await anyio.to_thread.run_sync(_submit, pool, blobs)
             try:
                 blob = await _result(future)
             except BrokenProcessPool as exc:
@@ -313,11 +309,43 @@ class ProcessRunner:
             ) from None
 
 
-async def _result(future: Future[bytes]) -> bytes:
-    """Wait for ``future`` in a thread (the event loop never blocks); if the
-    caller is cancelled, the call is cancelled too when it has not started."""
+def _submit(pool: ProcessPool, blobs: tuple[bytes, bytes]) -> tuple[ProcessPoolExecutor, Future[bytes]]:
+    from concurrent.futures.process import BrokenProcessPool
+
+    executor = pool.executor()
     try:
-        return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        return executor, executor.submit(_call_in_child, *blobs)
+    except BrokenProcessPool:
+        pool.discard(executor)
+        executor = pool.executor()
+        return executor, executor.submit(_call_in_child, *blobs)
+
+
+async def _result(future: Future[bytes]) -> bytes:
+    """Wait for ``future`` without blocking the event loop or holding a thread
+    (a call may wait long for a free process); if the caller is cancelled, the
+    call is cancelled too when it has not started, else its result is dropped."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # trio, the only other backend anyio runs on
+    else:
+        return await asyncio.wrap_future(future)  # cancelling the wait cancels the future
+    import trio
+
+    token = trio.lowlevel.current_trio_token()
+    landed = anyio.Event()
+
+    def wake(_: Future[bytes]) -> None:
+        with suppress(trio.RunFinishedError):  # the run ended meanwhile: nobody waits
+            token.run_sync_soon(landed.set)
+
+    future.add_done_callback(wake)
+    try:
+        await landed.wait()
     finally:
         if not future.done():
             future.cancel()
+    return future.result()

@@ -381,3 +381,38 @@ def test_the_pools_are_shut_down_at_interpreter_exit(tmp_path: Path) -> None:
     assert done.stderr == ""
     pids = [int(pid) for pid in done.stdout.split()]
     wait_until(lambda: all(gone(pid) for pid in pids))  # they are not our children to wait for
+
+
+async def test_waiting_for_process_calls_holds_no_thread(anyio_backend: str) -> None:
+    """Fifty calls waiting for their processes hold none of the default thread limiter's
+    tokens (the app's own to_thread calls are not starved), and a cancelled wait cancels
+    a call that has not started."""
+    from concurrent.futures import Future
+
+    import anyio.to_thread
+    from anyio import wait_all_tasks_blocked
+
+    from permflow._processes import _result
+
+    futures: list[Future[bytes]] = [Future() for _ in range(50)]
+    results: list[bytes] = []
+
+    async def wait(future: Future[bytes]) -> None:
+        results.append(await _result(future))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for future in futures:
+                tg.start_soon(wait, future)
+            await wait_all_tasks_blocked()
+            assert anyio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
+            for k, future in enumerate(futures):
+                future.set_result(b"%d" % k)
+        assert sorted(results) == sorted(b"%d" % k for k in range(50))
+
+        cancelled: Future[bytes] = Future()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_result, cancelled)
+            await wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+        assert cancelled.cancelled()
