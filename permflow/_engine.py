@@ -29,7 +29,7 @@ from anyio.lowlevel import checkpoint
 
 from ._context import RUN_KEY, StepContext
 from ._errors import ConnectionFailedError, PermflowError, PoisonMessageError, RunTimeoutError
-from ._filter import select
+from ._filter import select, select_again
 from ._gate import Gate
 from ._lineage import check_repeat, depth_exceeded
 from ._message import Delivery, Message
@@ -403,7 +403,10 @@ class Run:
         if step.when is not None:
             # inline, before any slot, thread, span or step: a rejected message costs one call
             try:
-                kept = select(step.when, messages)
+                try:
+                    kept = select(step.when, messages)
+                except Exception as exc:
+                    kept = await select_again(step.when, messages, step.process.retry, exc)
             except Exception as exc:
                 value = [m.value for m in messages] if step.join else source.value
                 outbox = self._failed(step, delivery, source, value, exc)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError, DefinitionError
 from ._message import Message
 from ._runnable import _is_async_callable, callable_name
 
-__all__ = ["Predicate", "check_predicate", "predicate_name", "select"]
+if TYPE_CHECKING:
+    from ._retry import RunnableRetry
+
+__all__ = ["Predicate", "check_predicate", "predicate_name", "select", "select_again"]
 
 #: ``predicate(value)`` is truthy for the messages a filtered process runs on.
 Predicate = Callable[[Any], Any]
@@ -64,3 +67,24 @@ def select(when: Predicate, messages: Sequence[Message]) -> list[Message]:
         if verdict:
             kept.append(message)
     return kept
+
+
+async def select_again(
+    when: Predicate, messages: Sequence[Message], retry: RunnableRetry | None, failure: Exception
+) -> list[Message]:
+    """``select`` after it raised ``failure``: a chain's ``with_retry`` policy
+    covers its predicate as it covers its steps (same attempts, waits and
+    exception types). Raises the last failure when the attempts are spent."""
+    from . import _retry
+
+    if retry is None or not isinstance(failure, retry.retry_on):
+        raise failure
+    for attempt in range(1, retry.attempts):
+        await _retry._sleep(retry.wait_before(attempt))
+        try:
+            return select(when, messages)
+        except Exception as exc:
+            if not isinstance(exc, retry.retry_on):
+                raise
+            failure = exc
+    raise failure

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from ._errors import DefinitionError
 from ._filter import Predicate
 from ._runnable import Config, Runnable, RunnableSequence, coerce
 from ._topic import Head, Topic
+
+if TYPE_CHECKING:
+    from ._retry import RunnableRetry
 
 __all__ = ["Process"]
 
@@ -96,8 +99,22 @@ class Process(Runnable):
         return await self._body.ainvoke(input, config)
 
     def with_retry(self, **kwargs: Any) -> Process:  # type: ignore[override]
-        """Retry the whole chain for one delivery; failed attempts publish nothing."""
+        """Retry the whole chain for one delivery; failed attempts publish nothing.
+        A predicate of the head (``subscribe(when=...)``) that raises is retried
+        under the same policy."""
         return self._wrapped(Runnable.with_retry(self._body, **kwargs))
+
+    @property
+    def retry(self) -> RunnableRetry | None:
+        """The ``with_retry`` policy of the whole chain, if it has one."""
+        from ._retry import RunnableRetry, RunnableTimeout
+
+        body = self._body
+        while isinstance(body, (RunnableRetry, RunnableTimeout)):
+            if isinstance(body, RunnableRetry):
+                return body
+            body = body.inner
+        return None
 
     def with_timeout(self, seconds: float) -> Process:  # type: ignore[override]
         """Fail a delivery whose chain takes longer than ``seconds``."""

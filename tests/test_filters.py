@@ -334,3 +334,35 @@ async def test_on_redis_a_rejected_message_costs_one_script_call(
     assert scripts["COMMIT"] == 1 + 5  # the fan-out, then one per even number
     assert scripts["FETCH"] == 1  # the input's reader; the numbers came with the fan-out's commit
     assert "UNFETCH" not in scripts
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_with_retry_covers_a_raising_predicate(anyio_backend: str) -> None:
+    """A predicate that fails once is retried under the chain's with_retry policy; one that
+    keeps failing fails the run after the policy's attempts, with its own exception."""
+    calls: list[int] = []
+
+    def flaky(n: int) -> bool:
+        calls.append(n)
+        if len(calls) == 1:
+            raise ConnectionError("predicate flake")
+        return True
+
+    chain = Topic.IN.subscribe(when=flaky) | (lambda n: n * 2) | Topic.OUT.publish()
+    pubsub = PubSub(chain.with_retry(stop_after_attempt=3, initial_wait=0))
+    assert await pubsub.ainvoke(5) == [10]
+    assert calls == [5, 5]
+
+    def broken(n: int) -> bool:
+        calls.append(n)
+        raise ConnectionError("predicate down")
+
+    calls.clear()
+    chain = Topic.IN.subscribe(when=broken) | (lambda n: n * 2) | Topic.OUT.publish()
+    with pytest.raises(ConnectionError, match="predicate down"):
+        await PubSub(chain.with_retry(stop_after_attempt=3, initial_wait=0)).ainvoke(5)
+    assert calls == [5, 5, 5]
+    calls.clear()
+    with pytest.raises(ConnectionError, match="predicate down"):
+        await PubSub(chain.with_retry(stop_after_attempt=3, retry_if_exception_type=(KeyError,))).ainvoke(5)
+    assert calls == [5]  # not an exception the policy retries
