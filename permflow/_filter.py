@@ -9,6 +9,8 @@ raises is that process failing on that message, like a step.
 
 from __future__ import annotations
 
+import dis
+import hashlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -47,8 +49,43 @@ def check_predicate(when: Any, where: str) -> Predicate | None:
 
 
 def predicate_name(when: Predicate) -> str:
-    """How a predicate appears in a derived process name (a lambda's with its digest)."""
-    return callable_name(when)
+    """How a predicate appears in a derived process name. A lambda's carries a
+    digest of its code that, unlike a lambda step's, also covers its operators:
+    ``lambda v: v > 1`` and ``lambda v: v < 1`` are the whole difference
+    between two filtered chains, so they must not share a name (a name that
+    would then depend on the chains' order)."""
+    name = callable_name(when)
+    code = getattr(when, "__code__", None)
+    if "#" not in name or code is None:
+        return name
+    operators = "\x00".join(_operators(code))
+    extra = hashlib.blake2b(operators.encode(), digest_size=2).hexdigest()
+    return f"{name}{extra}"
+
+
+#: Instructions whose argument is an operator, and how to read it stably across
+#: Python versions (3.13 writes a comparison feeding a test as ``bool(>)``).
+_OPERATOR_CODES = {
+    "COMPARE_OP": "argrepr",
+    "BINARY_OP": "argrepr",
+    "CONTAINS_OP": "argval",
+    "IS_OP": "argval",
+}
+
+
+def _operators(code: Any) -> list[str]:
+    found: list[str] = []
+    for instruction in dis.get_instructions(code):
+        how = _OPERATOR_CODES.get(instruction.opname)
+        if how is not None:
+            text = str(getattr(instruction, how))
+            found.append(f"{instruction.opname}:{text.removeprefix('bool(').removesuffix(')')}")
+        elif instruction.opname.startswith("UNARY_"):
+            found.append(instruction.opname)
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            found.extend(_operators(const))
+    return found
 
 
 def select(when: Predicate, messages: Sequence[Message]) -> list[Message]:

@@ -83,7 +83,7 @@ def test_processes_differing_only_in_their_predicate_get_distinct_stable_names()
         "numbers.subscribe(when=is_odd) | tenfold | publish(__out__)",
     ]
     assert re.fullmatch(
-        r"numbers\.subscribe\(when=\S*<lambda>#[0-9a-f]{8}\) \| tenfold \| publish\(__out__\)", names[3]
+        r"numbers\.subscribe\(when=\S*<lambda>#[0-9a-f]{12}\) \| tenfold \| publish\(__out__\)", names[3]
     )
     assert names[4] == "numbers.join(when=is_even) | sum | publish(__out__)"
     assert names[5] == "chosen"
@@ -366,3 +366,22 @@ async def test_with_retry_covers_a_raising_predicate(anyio_backend: str) -> None
     with pytest.raises(ConnectionError, match="predicate down"):
         await PubSub(chain.with_retry(stop_after_attempt=3, retry_if_exception_type=(KeyError,))).ainvoke(5)
     assert calls == [5]  # not an exception the policy retries
+
+
+def test_lambda_predicates_differing_in_an_operator_name_their_processes_apart() -> None:
+    """Two chains whose lambda predicates differ only in an operator get different names that do
+    not depend on the order of the chains (no ``#2`` suffix deciding whose stored state is whose)."""
+    numbers = Topic("numbers")
+
+    def chains() -> tuple[Any, Any]:
+        return (
+            numbers.subscribe(when=lambda v: v > 1) | Topic.OUT.publish(),
+            numbers.subscribe(when=lambda v: v < 1) | Topic.OUT.publish(),
+        )
+
+    big, small = chains()
+    assert big.name != small.name
+    forward = PubSub(*chains(), inputs=[numbers]).process_names
+    backward = PubSub(*reversed(chains()), inputs=[numbers]).process_names
+    assert sorted(forward) == sorted(backward) == sorted([big.name, small.name])
+    assert not any(name.endswith("#2") for name in forward)
