@@ -2,6 +2,7 @@
 
 import logging as _logging
 
+from ._cache import clear_local_cache
 from ._errors import (
     ConfigError,
     ConnectionFailedError,
@@ -59,5 +60,6 @@ __all__ = [
     "Subscription",
     "Topic",
     "WorkerRunError",
+    "clear_local_cache",
     "route",
 ]

@@ -42,11 +42,18 @@ from ._serialization import _TAG, Serializer, _encode
 if TYPE_CHECKING:
     from .connections._base import PubSubConnection
 
-__all__ = ["RunnableCached", "cache_name_of", "local_cache_connection"]
+__all__ = ["RunnableCached", "cache_name_of", "clear_local_cache", "local_cache_connection"]
 
 _log = logging.getLogger("permflow.cache")
 _local: PubSubConnection | None = None
 _local_lock = threading.Lock()
+
+
+def clear_local_cache(name: str | None = None) -> None:
+    """Forget what cached steps stored outside runs (``chain.invoke`` without a
+    PubSub) in this process: every step's, or the cache ``name``'s. Unit tests
+    of cached chains call it so that one test's results do not serve another."""
+    local_cache_connection().clear_cache(name)
 
 
 def local_cache_connection() -> PubSubConnection:

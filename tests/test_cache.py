@@ -20,8 +20,8 @@ from permflow import (
     RunnableLambda,
     SerializationError,
     Topic,
+    clear_local_cache,
 )
-from permflow._cache import local_cache_connection
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +32,7 @@ SEEN = Topic("seen")
 @pytest.fixture(autouse=True)
 def _fresh_local_cache() -> None:
     """Outside a run the cache is per process: each test starts with it empty."""
-    local_cache_connection().clear_cache()
+    clear_local_cache()
 
 
 def cached_chain(conn: PubSubConnection, step: Any) -> PubSub:

@@ -16,8 +16,8 @@ from permflow import (
     RunnableLambda,
     SerializationError,
     Topic,
+    clear_local_cache,
 )
-from permflow._cache import local_cache_connection
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(autouse=True)
 def _fresh_local_cache() -> None:
     """Outside a run the cache is per process: each test starts with it empty."""
-    local_cache_connection().clear_cache()
+    clear_local_cache()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ def test_outside_a_run_the_cache_is_per_process(is_async: bool) -> None:
     chain = Topic.IN.subscribe() | RunnableLambda(counted(calls, is_async=is_async)).with_cache(name="d")
     assert [chain.invoke(x) for x in (1, 2, 1, 2)] == [2, 4, 2, 4]
     assert calls == [1, 2]
-    local_cache_connection().clear_cache("d")
+    clear_local_cache("d")
     assert chain.invoke(1) == 2
     assert calls == [1, 2, 1]
 
@@ -292,3 +292,22 @@ def test_two_event_loops_in_two_threads_share_one_execution(monkeypatch: pytest.
     second.join(10)
     assert results == {"first": 42, "second": 42}
     assert runs == [21]
+
+
+def test_clear_local_cache_forgets_results_stored_outside_runs() -> None:
+    """``clear_local_cache(name)`` forgets one step's results stored by ``chain.invoke``; without a
+    name, every step's."""
+    doubled: list[Any] = []
+    tripled: list[Any] = []
+    double = RunnableLambda(counted(doubled)).with_cache(name="double")
+    triple = RunnableLambda(counted(tripled)).with_cache(name="triple")
+    for step in (double, triple, double, triple):
+        assert step.invoke(4) == 8
+    assert (doubled, tripled) == ([4], [4])
+    clear_local_cache("double")
+    double.invoke(4)
+    triple.invoke(4)
+    assert (doubled, tripled) == ([4, 4], [4])
+    clear_local_cache()
+    triple.invoke(4)
+    assert tripled == [4, 4]
