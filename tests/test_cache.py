@@ -102,6 +102,7 @@ class CachedStepTests:
     ) -> None:
         """40 deliveries of one value in flight together execute the step once and all get its result."""
         calls: list[Any] = []
+        arrivals: list[Any] = []  # deliveries that reached the cache (their key made)
         release = anyio.Event()
 
         async def lookup(x: int) -> int:
@@ -109,9 +110,14 @@ class CachedStepTests:
             await release.wait()
             return x + 100
 
+        def key(x: int) -> int:
+            arrivals.append(x)
+            return x
+
+        step = RunnableLambda(lookup).with_cache(name="lookup", key=key)
         pubsub = PubSub(
             Topic.IN.subscribe() | (lambda n: [7] * n) | ITEMS.publish_each(),
-            ITEMS.subscribe() | RunnableLambda(lookup).with_cache(name="lookup") | Topic.OUT.publish(),
+            ITEMS.subscribe() | step | Topic.OUT.publish(),
             connection=connection,
         )
         outs: list[Any] = []
@@ -122,9 +128,10 @@ class CachedStepTests:
         with anyio.fail_after(20):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run)
-                while not calls:
+                # all 40 are in the cache (nothing awaits between making the key and
+                # joining the flight) while the first is still running the step
+                while len(arrivals) < 40 or not calls:
                     await anyio.wait_all_tasks_blocked()
-                await anyio.wait_all_tasks_blocked()
                 assert calls == [7]
                 release.set()
         assert outs == [107] * 40
