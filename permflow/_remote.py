@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._engine import CLEANUP_SECONDS
-from ._errors import ConnectionFailedError, PermflowError, RunTimeoutError
+from ._errors import ConnectionFailedError, PermflowError, PoisonMessageError, RunTimeoutError
 from ._message import Message
 from ._outage import Outage
 from ._worker import HEARTBEAT_SECONDS
@@ -112,6 +112,7 @@ class RemoteRun:
         self.settings = settings
         self.emit = emit
         self.resumable = True  # False when the caller deletes the state id after a failure
+        self._stop_on_exit = True  # ask the workers to stop the run if this call ends early
         self._live: set[str] = set()
         self._alone_since: float | None = None
         self._next_check = -math.inf
@@ -125,7 +126,8 @@ class RemoteRun:
                 await self._follow(after)
                 finished = True
         finally:
-            if announced and not finished:  # left early, failed or timed out: stop the workers' run
+            if announced and not finished and self._stop_on_exit:
+                # left early, failed or timed out: stop the workers' run
                 await self._request_stop()
         if deadline.cancelled_caught:
             raise RunTimeoutError(
@@ -218,7 +220,13 @@ class RemoteRun:
             outage.recovered()
             after = self._emit_new(messages, after)
             if record is not None:
-                raise rebuild_error(sid, record)
+                error = rebuild_error(sid, record)
+                if isinstance(error, PoisonMessageError):
+                    # The worker reports a dead letter before committing it (so that
+                    # this call fails rather than ends as idle): a stop now would
+                    # refuse that commit and leave the message pending.
+                    self._stop_on_exit = False
+                raise error
             if not any(counts.values()):
                 while len(messages) >= _PAGE:  # the rest of a long log
                     messages = await conn.read_log(sid, after)
