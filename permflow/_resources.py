@@ -35,6 +35,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Hashable, Mapping
+from contextlib import suppress
 from types import MappingProxyType
 from typing import Any
 
@@ -167,6 +168,13 @@ class Resources:
         if entry is None:
             with self._guard:
                 entry = self._loops.setdefault(loop, _LoopResources(loop))
+                # loops that ended (repeated asyncio.run calls) would pile up until close()
+                ended = [e for e in self._loops.values() if e is not entry and _ended(e.loop)]
+                for gone in ended:
+                    del self._loops[gone.loop]
+            for gone in ended:
+                with suppress(Exception):  # logged by close_without_loop
+                    gone.close_without_loop("its event loop has ended")
         view = entry.view
         return view if view is not None else await entry.open(self.factories)
 
@@ -227,6 +235,13 @@ def _running(loop: Hashable) -> bool:
     except trio.RunFinishedError:
         return False
     return True
+
+
+def _ended(loop: Hashable) -> bool:
+    """Whether ``loop`` can never run again (a closed asyncio loop, a finished trio run)."""
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return loop.is_closed()
+    return not _running(loop)
 
 
 def _nothing() -> None:

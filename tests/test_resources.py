@@ -522,3 +522,22 @@ def test_bad_resources_fail_at_construction(resources: Any, message: str) -> Non
     assert str(info.value).startswith(message)
     if "<function" in message:
         assert str(info.value).endswith("callable with no arguments (missing a required argument: 'x')")
+
+
+def test_repeated_asyncio_runs_do_not_pile_up_resources() -> None:
+    """Each asyncio.run gets resources of its own; those of loops that have ended are let go
+    (sync context managers exited) when a new loop first asks, not kept until close()."""
+    import asyncio
+
+    journal = Journal()
+    pubsub = PubSub(
+        Topic.IN.subscribe() | (lambda x, resources: resources["db"]["n"]) | Topic.OUT.publish(),
+        resources={"db": journal.sync_cm("db")},
+    )
+    for n in (1, 2, 3):
+        assert asyncio.run(pubsub.ainvoke(0)) == [n]
+    assert journal.events == ["make db", "exit db", "make db", "exit db", "make db"]
+    assert pubsub.services.resources is not None
+    assert len(pubsub.services.resources._loops) == 1  # only the last loop's
+    pubsub.close()
+    assert journal.events.count("exit db") == 3
