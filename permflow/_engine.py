@@ -28,14 +28,13 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from ._context import RUN_KEY, StepContext
-from ._errors import ConnectionFailedError, PermflowError, PoisonMessageError, RunTimeoutError
+from ._errors import ConnectionFailedError, RunTimeoutError
+from ._failures import dead_letter, describe, step_failed
 from ._filter import select
 from ._gate import Gate
 from ._lineage import check_repeat, depth_exceeded
 from ._message import Delivery, Message
 from ._processes import default_max_processes
-from ._topic import ERROR_NAME
-from ._tracebacks import add_note, mark_step_error
 
 if TYPE_CHECKING:
     from ._plan import Plan, Step
@@ -123,7 +122,7 @@ class Run:
         self.resumable = True  # False when the caller deletes the state id after a failure
         self._tg: anyio.abc.TaskGroup | None = None
         limit = settings.max_concurrency
-        self._capacity = capacity
+        self.capacity = capacity
         self._more = False  # a capped fetch may have left deliveries behind
         self._called_for_help = -math.inf
         if capacity is not None:
@@ -209,7 +208,7 @@ class Run:
     async def _run_group(self, topic: str | None, value: Any) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            if self.conn.lease != math.inf and self._capacity is None:
+            if self.conn.lease != math.inf and self.capacity is None:
                 tg.start_soon(self._renew_leases)  # a worker renews for all its runs
             try:
                 first: list[tuple[Step, Delivery]] = []
@@ -226,7 +225,7 @@ class Run:
         """How this run failed, for a client of workers: where (when a step
         failed) and what."""
         process, topic = self.failed_at or (None, None)
-        return {"process": process, "topic": topic, **_describe(exc)}
+        return {"process": process, "topic": topic, **describe(exc)}
 
     async def _renew_leases(self) -> None:
         """Renew every ``lease / 3``; ride out a failing store until the lease
@@ -289,7 +288,7 @@ class Run:
         ``passed``: a delivery of ``step`` its predicate rejected, acked in the
         same call (and so in the same round trip where the store allows)."""
         self._fetched = True
-        capacity = self._capacity
+        capacity = self.capacity
         limit = None if capacity is None else max(1, int(capacity.limiter.available_tokens))
         if passed is None:
             deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner, limit=limit)
@@ -378,7 +377,7 @@ class Run:
                 delivery.attempt,
             )
             if delivery.attempt > settings.max_deliveries:
-                return await self._dead_letter(step, delivery, source)
+                return await dead_letter(self, step, delivery, source)
         gate = self._gate
         if delivery.suspect and gate is not None:
             # Its last holder vanished holding it: it may be what killed that holder.
@@ -406,11 +405,11 @@ class Run:
                 kept = select(step.when, messages)
             except Exception as exc:
                 value = [m.value for m in messages] if step.join else source.value
-                outbox = self._failed(step, delivery, source, value, exc)
+                outbox = step_failed(self, step, delivery, source, value, exc)
                 return await self._publish(step, delivery, source, source.trail, outbox)
             if not kept:
                 if step.join:  # a join fetches at idle only
-                    return await self._commit(step, delivery, [])
+                    return await self.commit(step, delivery, [])
                 return [(step, d) for d in await self._fetch(step, passed=delivery)]
             if len(kept) < len(messages):  # a join joins the matching ones only
                 messages = tuple(kept)
@@ -426,32 +425,8 @@ class Run:
             else:
                 await self._invoke_guarded(step, value, ctx, source, entered)
         except Exception as exc:
-            ctx.outbox[:] = self._failed(step, delivery, source, value, exc)
+            ctx.outbox[:] = step_failed(self, step, delivery, source, value, exc)
         return await self._publish(step, delivery, source, trail, ctx.outbox)
-
-    def _failed(
-        self, step: Step, delivery: Delivery, source: Message, value: Any, exc: Exception
-    ) -> list[tuple[str, Any]]:
-        """What a process failing on a delivery publishes: a ``Topic.ERROR``
-        record when something handles errors; else ``exc`` is raised again."""
-        _log.info(
-            "process %r failed on a message of topic %r (state id %r): %r",
-            step.name,
-            source.topic,
-            self.state_id,
-            exc,
-        )
-        if self.plan.handles_errors and source.topic != ERROR_NAME:
-            return [(ERROR_NAME, _error_record(step.name, source.topic, value, exc, delivery.attempt))]
-        if self.failed_at is None:
-            self.failed_at = (step.name, source.topic)
-        add_note(
-            exc,
-            f"permflow: process {step.name!r} failed on topic {source.topic!r} "
-            f"(message id {source.id}, state id {self.state_id!r})",
-        )
-        mark_step_error(exc)  # the user's frames tell the story: trimmed at the API
-        raise exc
 
     async def _publish(
         self,
@@ -463,13 +438,13 @@ class Run:
     ) -> list[tuple[Step, Delivery]]:
         """Commit ``delivery`` with ``outbox`` (topic, value) as messages caused by ``source``."""
         if not outbox:
-            return await self._commit(step, delivery, [])
+            return await self.commit(step, delivery, [])
         limit = self.settings.recursion_limit
         if source.depth >= limit:
             raise depth_exceeded(step.name, source, limit, self.plan.cycles)
         now, depth, sid = time.time(), source.depth + 1, self.state_id
         outputs = [Message(t, v, sid, now, "", depth, trail) for t, v in outbox]
-        return await self._commit(step, delivery, outputs)
+        return await self.commit(step, delivery, outputs)
 
     async def _invoke_guarded(
         self, step: Step, value: Any, ctx: StepContext, source: Message, entered: bool
@@ -494,7 +469,7 @@ class Run:
                 f"of topic {source.topic!r} (state id {self.state_id!r})"
             )
 
-    async def _commit(
+    async def commit(
         self, step: Step, delivery: Delivery, outputs: list[Message]
     ) -> list[tuple[Step, Delivery]]:
         stored = await self.conn.commit(delivery, outputs, owner=self.owner)
@@ -511,28 +486,6 @@ class Run:
             return []
         return await self._fetch_readers(stored)
 
-    async def _dead_letter(
-        self, step: Step, delivery: Delivery, source: Message
-    ) -> list[tuple[Step, Delivery]]:
-        attempts = delivery.attempt - 1
-        text = (
-            f"process {step.name!r} failed on a message of topic {source.topic!r} "
-            f"{attempts} times (max_deliveries={self.settings.max_deliveries}); "
-            "it was moved to Topic.ERROR"
-        )
-        value = [m.value for m in delivery.messages] if step.join else source.value
-        record = _error_record(step.name, source.topic, value, PoisonMessageError(text), attempts)
-        error = Message(ERROR_NAME, record, self.state_id, time.time(), "", source.depth + 1)
-        if not self.plan.handles_errors and self._capacity is not None:
-            # a client of workers must see the failure before the ack makes the run idle
-            await self._capacity.report_failure(self.state_id, record)
-        follow = await self._commit(step, delivery, [error])
-        _log.warning("%s (state id %r)", text, self.state_id)
-        if not self.plan.handles_errors:
-            raise PoisonMessageError(f"{text} (state id {self.state_id!r})")
-        return follow
-
-
 @asynccontextmanager
 async def _no_slot() -> AsyncIterator[None]:
     yield
@@ -540,15 +493,3 @@ async def _no_slot() -> AsyncIterator[None]:
 
 def _depth(message: Message) -> int:
     return message.depth
-
-
-def _describe(exc: BaseException) -> dict[str, Any]:
-    """An exception as JSON-compatible fields: its type name and message."""
-    kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-    return {"error": name, "message": str(exc), "permflow": isinstance(exc, PermflowError)}
-
-
-def _error_record(process: str, topic: str, value: Any, exc: BaseException, attempt: int) -> dict[str, Any]:
-    """What a ``Topic.ERROR`` message carries: JSON-compatible, self-describing."""
-    return {"process": process, "topic": topic, "input": value, **_describe(exc), "attempt": attempt}

@@ -77,7 +77,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "depth_limit_off",
         "permflow/_engine.py",
-        "if source.depth >= settings.recursion_limit:",
+        "if source.depth >= limit:",
         "if False:",
         "a loop that keeps changing its value must fail with CycleError at recursion_limit",
         (CONFORMANCE, "tests/test_settings.py"),
