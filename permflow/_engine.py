@@ -206,20 +206,31 @@ class Run:
             )
 
     async def _run_group(self, topic: str | None, value: Any) -> None:
+        renews = self.conn.lease != math.inf and self.capacity is None  # a worker renews for all its runs
+        first: list[tuple[Step, Delivery]] = []
+        ready: list[tuple[Step, Delivery]] | None = first
+        try:
+            if topic is not None:
+                message = Message(topic, value, self.state_id, time.time())
+                stored = await self.conn.publish(self.state_id, [message])
+                ready = first = await self._fetch_readers(stored)
+            if not renews:
+                ready = await self._drive_alone(first)
+        except Exception as exc:  # a step, or the store outside any step, failed
+            self._fail(exc)
+            return
+        if ready is None:
+            return
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            if self.conn.lease != math.inf and self.capacity is None:
-                tg.start_soon(self._renew_leases)  # a worker renews for all its runs
+            if renews:
+                tg.start_soon(self._renew_leases)
             try:
-                first: list[tuple[Step, Delivery]] = []
-                if topic is not None:
-                    message = Message(topic, value, self.state_id, time.time())
-                    stored = await self.conn.publish(self.state_id, [message])
-                    first = await self._fetch_readers(stored)
-                await self._drive(first)
+                await self._drive(ready)
             except Exception as exc:  # the store failed outside any step
                 self._fail(exc)
-            tg.cancel_scope.cancel()
+            if renews:
+                tg.cancel_scope.cancel()
 
     def failure_record(self, exc: BaseException) -> dict[str, Any]:
         """How this run failed, for a client of workers: where (when a step
@@ -252,10 +263,30 @@ class Run:
                 renewed = anyio.current_time()
                 wait = interval
 
+    async def _drive_alone(
+        self, ready: list[tuple[Step, Delivery]]
+    ) -> list[tuple[Step, Delivery]] | None:
+        """Run deliveries one at a time in this task while no more than one is
+        ready (a chain needs no task group); hand over to ``_drive`` the ready
+        ones once there are several. None: the run went idle."""
+        hops = 0
+        while True:
+            if len(ready) > 1:
+                return ready
+            if ready:
+                ready = await self._handle(*ready[0])
+                hops += 1
+                if hops % _HOPS_BETWEEN_CHECKPOINTS == 0:
+                    await checkpoint()
+                continue
+            found = await self._ready_at_idle()
+            if found is None:
+                return None
+            ready = found
+
     async def _drive(self, ready: list[tuple[Step, Delivery]]) -> None:
         """Run ``ready`` (the last one in this task), then whatever the
         connection reports outstanding, until the run is idle."""
-        plan, conn, sid = self.plan, self.conn, self.state_id
         while self._failure is None:
             if ready:
                 for extra in ready[:-1]:
@@ -270,18 +301,31 @@ class Run:
                 if not self._more:
                     continue
                 self._more = False
-            counts, self._counts = self._counts, None
-            if counts is None:
-                counts = await conn.outstanding(sid, plan.names)
-            waiting = [s for s in plan.subscribers_all if counts[s.name]]
+            found = await self._ready_at_idle()
+            if found is None:
+                return
+            ready = found
+
+    async def _ready_at_idle(self) -> list[tuple[Step, Delivery]] | None:
+        """What the connection has outstanding for this run, fetched, once no
+        task of it is busy (or a capped fetch left some behind): subscribers
+        first, joins only when nothing else is left. Waits for a change when
+        all of it is held elsewhere. None: the run is idle."""
+        plan, conn, sid = self.plan, self.conn, self.state_id
+        counts, self._counts = self._counts, None
+        if counts is None:
+            counts = await conn.outstanding(sid, plan.names)
+        waiting = [s for s in plan.subscribers_all if counts[s.name]]
+        if not waiting:
+            waiting = [s for s in plan.joins if counts[s.name]]
             if not waiting:
-                waiting = [s for s in plan.joins if counts[s.name]]
-                if not waiting:
-                    return
-            for step in waiting:
-                ready.extend((step, d) for d in await self._fetch(step))
-            if not ready and not self._active:
-                await conn.wait_for_change(sid, self.settings.poll_interval)
+                return None
+        ready: list[tuple[Step, Delivery]] = []
+        for step in waiting:
+            ready.extend((step, d) for d in await self._fetch(step))
+        if not ready and not self._active:
+            await conn.wait_for_change(sid, self.settings.poll_interval)
+        return ready
 
     async def _fetch(self, step: Step, passed: Delivery | None = None) -> list[Delivery]:
         """Deliveries of ``step`` for this run, as many as a worker can start.

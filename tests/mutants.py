@@ -203,8 +203,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "early_join",
         "permflow/_engine.py",
-        "            if not waiting:\n                waiting = [s for s in plan.joins if counts[s.name]]",
-        "            if True:\n                waiting += [s for s in plan.joins if counts[s.name]]",
+        "        if not waiting:\n            waiting = [s for s in plan.joins if counts[s.name]]",
+        "        if True:\n            waiting += [s for s in plan.joins if counts[s.name]]",
         "joins fire only when the run is otherwise idle, never while subscribers still have work",
         (CONFORMANCE, "tests/test_workers.py", "tests/test_worker_processes.py"),
         quick=True,
