@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import checkpoint
 
-from ._context import RUN_KEY, StepContext
+from ._context import RUN_KEY, RunLimits, StepContext
 from ._errors import ConnectionFailedError, RunTimeoutError
 from ._failures import dead_letter, describe, step_failed
 from ._filter import select
 from ._gate import Gate
 from ._lineage import check_repeat, depth_exceeded
 from ._message import Delivery, Message
-from ._processes import default_max_processes
 
 if TYPE_CHECKING:
     from ._plan import Plan, Step
@@ -129,11 +128,10 @@ class Run:
             self._steps: anyio.CapacityLimiter | None = capacity.limiter
         else:
             self._steps = anyio.CapacityLimiter(limit) if limit else None
-        self._threads = anyio.CapacityLimiter(limit or _DEFAULT_THREADS)
-        # process steps of this run at once: calls beyond it wait here, where
-        # cancelling the run cancels them, not in the pool's queue
-        processes = settings.max_processes or (services and services.max_processes) or default_max_processes()
-        self._processes = anyio.CapacityLimiter(processes)
+        # worker threads, and process steps, of this run at once: process calls beyond
+        # it wait here, where cancelling the run cancels them, not in the pool's queue
+        processes = settings.max_processes or (services.max_processes if services else None)
+        self._limits = RunLimits(limit or _DEFAULT_THREADS, processes)
         # Suspects exist only where leases run out (stores that outlive drivers).
         self._gate: Gate | None = None
         if capacity is not None:
@@ -462,7 +460,7 @@ class Run:
         if step.on_cycle:
             trail = (*trail, check_repeat(step.name, source, trail))
         value = [m.value for m in messages] if step.join else source.value
-        ctx = StepContext(self._threads, self.services, self._processes)
+        ctx = StepContext(self._limits, self.services)
         try:
             if self._plain:
                 await step.process.ainvoke(value, {RUN_KEY: ctx})

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import anyio.to_thread
 
+from ._context import StepContext
 from ._errors import ConfigError
 
 __all__ = ["Execution", "SyncRunner", "note_blocking_call"]
@@ -96,10 +97,9 @@ class SyncRunner:
         profile = self._profile
         return not profile.pinned and profile.fast_runs >= WARMUP_RUNS
 
-    async def run(
-        self, value: Any, limiter: anyio.CapacityLimiter | None, extra: dict[str, Any] | None = None
-    ) -> Any:
-        """Call the function on ``value`` (and keyword arguments ``extra``)."""
+    async def run(self, value: Any, ctx: StepContext | None, extra: dict[str, Any] | None = None) -> Any:
+        """Call the function on ``value`` (and keyword arguments ``extra``); in a
+        worker thread, within the limiter of threads of ``ctx``'s run, if any."""
         if self.runs_inline:
             if self._mode == "inline":
                 return self._func(value) if extra is None else self._func(value, **extra)
@@ -109,6 +109,7 @@ class SyncRunner:
             finally:
                 if time.perf_counter() - started > SLOW_SECONDS:
                     self._profile.pinned = True
+        limiter = ctx.limiter if ctx is not None else None
         return await anyio.to_thread.run_sync(
             self._in_thread, value, extra, abandon_on_cancel=True, limiter=limiter
         )

@@ -192,6 +192,8 @@ class PubSub(Runnable):
     # -- async API: the real one --------------------------------------------
 
     def _prepare(self, config: Config, topic: Topic | str | None) -> tuple[str, bool, Settings, str]:
+        if not config and topic is None and isinstance(config, (dict, type(None))):
+            return os.urandom(16).hex(), True, self.settings, IN_NAME  # no config: the usual case
         if config is not None and not isinstance(config, Mapping):
             raise ConfigError(
                 f"config must be a dict such as {{'state_id': ...}}, got {type(config).__name__} {config!r}"

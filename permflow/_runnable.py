@@ -224,7 +224,7 @@ class RunnableLambda(Runnable):
         if self._runner is None:
             return await (self.func(input) if extra is None else self.func(input, **extra))
         ctx = step_context(config)
-        result = await self._runner.run(input, ctx.limiter if ctx else None, extra)
+        result = await self._runner.run(input, ctx, extra)
         if inspect.iscoroutine(result):
             result.close()
             raise ConfigError(
@@ -359,7 +359,7 @@ class _RunnableAdapter(Runnable):
         if self._sync is None:
             return await self.obj.ainvoke(input)
         ctx = step_context(config)
-        return await self._sync.run(input, ctx.limiter if ctx else None)
+        return await self._sync.run(input, ctx)
 
 
 def callable_name(func: Any) -> str:
