@@ -371,8 +371,17 @@ class Run:
         else:
             readers = tuple(dict.fromkeys(s for m in stored for s in subscribers.get(m.topic, ())))
         follow: list[tuple[Step, Delivery]] = []
-        for reader in readers:
-            follow.extend((reader, new) for new in await self._fetch(reader))
+        if self.capacity is not None:
+            for reader in readers:
+                follow.extend((reader, new) for new in await self._fetch(reader))
+            return follow
+        if readers:
+            self._fetched = True
+        conn, sid, owner = self.conn, self.state_id, self.owner
+        for reader in readers:  # ``_fetch`` without a worker's limit, inline (the hot path)
+            deliveries = await conn.fetch(sid, reader.name, owner=owner)
+            self._held += len(deliveries)
+            follow.extend((reader, new) for new in deliveries)
         return follow
 
     def _start(self, step: Step, delivery: Delivery) -> None:
@@ -406,10 +415,52 @@ class Run:
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
-    async def _handle(self, step: Step, delivery: Delivery) -> list[tuple[Step, Delivery]]:
-        settings = self.settings
+    async def _handle(
+        self, step: Step, delivery: Delivery, *, checked: bool = False, entered: bool = False
+    ) -> list[tuple[Step, Delivery]]:
+        """Run ``step`` on ``delivery`` and commit what it published; what that
+        gave the processes reading it. ``checked``: a redelivery whose checks
+        were done (``entered``: inside the gate, alone)."""
         messages = delivery.messages
         source = max(messages, key=_depth) if len(messages) > 1 else messages[0]
+        if not checked and (delivery.attempt > 1 or delivery.suspect):
+            return await self._redelivered(step, delivery, source)
+        if step.when is not None:
+            # inline, before any slot, thread, span or step: a rejected message costs one call
+            try:
+                kept = select(step.when, messages)
+            except Exception as exc:
+                value = [m.value for m in messages] if step.join else source.value
+                outbox = step_failed(self, step, delivery, source, value, exc)
+                return await self.commit(step, delivery, self._outputs(step, source, source.trail, outbox))
+            if not kept:
+                if step.join:  # a join fetches at idle only
+                    return await self.commit(step, delivery, [])
+                return [(step, d) for d in await self._fetch(step, passed=delivery)]
+            if len(kept) < len(messages):  # a join joins the matching ones only
+                messages = tuple(kept)
+                source = max(messages, key=_depth)
+        trail = source.trail
+        if step.on_cycle:
+            trail = (*trail, check_repeat(step.name, source, trail))
+        value = [m.value for m in messages] if step.join else source.value
+        ctx = StepContext(self._limits, self.services)
+        try:
+            if self._plain:
+                await step.body.ainvoke(value, {RUN_KEY: ctx})
+            else:
+                await self._invoke_guarded(step, value, ctx, source, entered)
+        except Exception as exc:
+            ctx.outbox[:] = step_failed(self, step, delivery, source, value, exc)
+        outbox = ctx.outbox
+        return await self.commit(step, delivery, self._outputs(step, source, trail, outbox) if outbox else [])
+
+    async def _redelivered(
+        self, step: Step, delivery: Delivery, source: Message
+    ) -> list[tuple[Step, Delivery]]:
+        """``delivery`` came before: dead-letter it after too many attempts; run
+        a suspect alone."""
+        settings = self.settings
         if delivery.attempt > 1:
             _log.info(
                 "redelivering to %r a message of topic %r (state id %r), attempt %d",
@@ -429,64 +480,23 @@ class Run:
                 if not await self.conn.charge(delivery, owner=self.owner):
                     self._held -= 1
                     return []
-                return await self._run_step(step, delivery, source, entered=True)
+                return await self._handle(step, delivery, checked=True, entered=True)
             finally:
                 if token is not None:
                     gate.leave_alone(token)
                 else:
                     gate.leave()
-        return await self._run_step(step, delivery, source)
+        return await self._handle(step, delivery, checked=True)
 
-    async def _run_step(
-        self, step: Step, delivery: Delivery, source: Message, *, entered: bool = False
-    ) -> list[tuple[Step, Delivery]]:
-        messages = delivery.messages
-        if step.when is not None:
-            # inline, before any slot, thread, span or step: a rejected message costs one call
-            try:
-                kept = select(step.when, messages)
-            except Exception as exc:
-                value = [m.value for m in messages] if step.join else source.value
-                outbox = step_failed(self, step, delivery, source, value, exc)
-                return await self._publish(step, delivery, source, source.trail, outbox)
-            if not kept:
-                if step.join:  # a join fetches at idle only
-                    return await self.commit(step, delivery, [])
-                return [(step, d) for d in await self._fetch(step, passed=delivery)]
-            if len(kept) < len(messages):  # a join joins the matching ones only
-                messages = tuple(kept)
-                source = max(messages, key=_depth)
-        trail = source.trail
-        if step.on_cycle:
-            trail = (*trail, check_repeat(step.name, source, trail))
-        value = [m.value for m in messages] if step.join else source.value
-        ctx = StepContext(self._limits, self.services)
-        try:
-            if self._plain:
-                await step.process.ainvoke(value, {RUN_KEY: ctx})
-            else:
-                await self._invoke_guarded(step, value, ctx, source, entered)
-        except Exception as exc:
-            ctx.outbox[:] = step_failed(self, step, delivery, source, value, exc)
-        return await self._publish(step, delivery, source, trail, ctx.outbox)
-
-    async def _publish(
-        self,
-        step: Step,
-        delivery: Delivery,
-        source: Message,
-        trail: tuple[Any, ...],
-        outbox: list[tuple[str, Any]],
-    ) -> list[tuple[Step, Delivery]]:
-        """Commit ``delivery`` with ``outbox`` (topic, value) as messages caused by ``source``."""
-        if not outbox:
-            return await self.commit(step, delivery, [])
+    def _outputs(
+        self, step: Step, source: Message, trail: tuple[Any, ...], outbox: list[tuple[str, Any]]
+    ) -> list[Message]:
+        """``outbox`` (topic, value) as messages caused by ``source``."""
         limit = self.settings.recursion_limit
         if source.depth >= limit:
             raise depth_exceeded(step.name, source, limit, self.plan.cycles)
         now, depth, sid = time.time(), source.depth + 1, self.state_id
-        outputs = [Message(t, v, sid, now, "", depth, trail) for t, v in outbox]
-        return await self.commit(step, delivery, outputs)
+        return [Message(t, v, sid, now, "", depth, trail) for t, v in outbox]
 
     async def _invoke_guarded(
         self, step: Step, value: Any, ctx: StepContext, source: Message, entered: bool
@@ -501,7 +511,7 @@ class Run:
             async with self._steps if self._steps is not None else _no_slot():
                 with anyio.move_on_after(timeout) as scope:
                     with trace(step.name, source) if trace is not None else nullcontext():
-                        await step.process.ainvoke(value, {RUN_KEY: ctx})
+                        await step.body.ainvoke(value, {RUN_KEY: ctx})
         finally:
             if gate is not None and not entered:
                 gate.leave()

@@ -9,6 +9,7 @@ from ._errors import ConfigError, DefinitionError
 from ._filter import Predicate
 from ._graph import Graph
 from ._process import Process
+from ._runnable import Runnable
 from ._topic import ERROR_NAME
 from ._wiring import find_problems
 from .connections._base import Subscription
@@ -24,6 +25,8 @@ class Step:
     process: Process
     join: bool
     on_cycle: bool
+    #: What runs on a delivery: the process's steps (``process.ainvoke`` without its frame).
+    body: Runnable
     #: Filters the messages the process runs on (``subscribe(when=...)``).
     when: Predicate | None = None
 
@@ -62,7 +65,7 @@ class Plan:
         self.graph.problems.extend(find_problems(self.graph, inputs))
         on_cycle = self.graph.processes_on_cycles()
         self.steps = [
-            Step(name, p, p.is_join, name in on_cycle, p.when)
+            Step(name, p, p.is_join, name in on_cycle, p.body, p.when)
             for name, p in zip(names, processes, strict=True)
         ]
         self.names = names
