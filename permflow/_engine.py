@@ -431,8 +431,8 @@ class Run:
                 kept = select(step.when, messages)
             except Exception as exc:
                 value = [m.value for m in messages] if step.join else source.value
-                outbox = step_failed(self, step, delivery, source, value, exc)
-                return await self.commit(step, delivery, self._outputs(step, source, source.trail, outbox))
+                errors = step_failed(self, step, delivery, source, value, exc)
+                return await self.commit(step, delivery, self._outputs(step, source, source.trail, errors))
             if not kept:
                 if step.join:  # a join fetches at idle only
                     return await self.commit(step, delivery, [])
@@ -444,15 +444,28 @@ class Run:
         if step.on_cycle:
             trail = (*trail, check_repeat(step.name, source, trail))
         value = [m.value for m in messages] if step.join else source.value
-        ctx = StepContext(self._limits, self.services)
-        try:
-            if self._plain:
-                await step.body.ainvoke(value, {RUN_KEY: ctx})
-            else:
-                await self._invoke_guarded(step, value, ctx, source, entered)
-        except Exception as exc:
-            ctx.outbox[:] = step_failed(self, step, delivery, source, value, exc)
-        outbox = ctx.outbox
+        outbox: list[tuple[str, Any]]
+        if step.publishing is not None and self._plain:
+            # one function, then publish (the usual process): called without their frames
+            func, runnable, topic = step.publishing
+            try:
+                if func is not None:
+                    outbox = [(topic, await func(value))]
+                else:
+                    ctx = StepContext(self._limits, self.services)
+                    outbox = [(topic, await runnable.ainvoke(value, {RUN_KEY: ctx}))]
+            except Exception as exc:
+                outbox = step_failed(self, step, delivery, source, value, exc)
+        else:
+            ctx = StepContext(self._limits, self.services)
+            try:
+                if self._plain:
+                    await step.body.ainvoke(value, {RUN_KEY: ctx})
+                else:
+                    await self._invoke_guarded(step, value, ctx, source, entered)
+            except Exception as exc:
+                ctx.outbox[:] = step_failed(self, step, delivery, source, value, exc)
+            outbox = ctx.outbox
         return await self.commit(step, delivery, self._outputs(step, source, trail, outbox) if outbox else [])
 
     async def _redelivered(

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ._errors import ConfigError, DefinitionError
 from ._filter import Predicate
 from ._graph import Graph
 from ._process import Process
-from ._runnable import Runnable
-from ._topic import ERROR_NAME
+from ._runnable import Runnable, RunnableLambda
+from ._topic import ERROR_NAME, Publish
 from ._wiring import find_problems
 from .connections._base import Subscription
 
@@ -29,6 +30,18 @@ class Step:
     body: Runnable
     #: Filters the messages the process runs on (``subscribe(when=...)``).
     when: Predicate | None = None
+    #: For a process of one function then ``topic.publish()``: (the async function
+    #: when awaiting it is all its step does, else None; the step; the topic).
+    publishing: tuple[Callable[[Any], Awaitable[Any]] | None, Runnable, str] | None = None
+
+
+def _publishing(process: Process) -> tuple[Callable[[Any], Awaitable[Any]] | None, Runnable, str] | None:
+    """What a process made of one function step and then ``topic.publish()`` does,
+    for the engine to call without the frames of the sequence and the publish."""
+    steps = process.steps
+    if len(steps) == 2 and type(steps[0]) is RunnableLambda and type(steps[1]) is Publish:
+        return steps[0].direct, steps[0], steps[1].topic.name
+    return None
 
 
 def unique_names(processes: Sequence[Process]) -> list[str]:
@@ -65,7 +78,7 @@ class Plan:
         self.graph.problems.extend(find_problems(self.graph, inputs))
         on_cycle = self.graph.processes_on_cycles()
         self.steps = [
-            Step(name, p, p.is_join, name in on_cycle, p.body, p.when)
+            Step(name, p, p.is_join, name in on_cycle, p.body, p.when, _publishing(p))
             for name, p in zip(names, processes, strict=True)
         ]
         self.names = names

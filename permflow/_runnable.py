@@ -212,6 +212,14 @@ class RunnableLambda(Runnable):
         its code, so that different lambdas give different process names."""
         return callable_name(self.func)
 
+    @property
+    def direct(self) -> Callable[[Any], Awaitable[Any]] | None:
+        """The async function itself when ``ainvoke`` does nothing but await it
+        (no resources, not in a worker process), else None."""
+        if self._is_async and self._process is None and self._asks is None:
+            return self.func
+        return None
+
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
         """Await an async function; run a sync one as ``execution`` says (a worker
         thread, inline or in a worker process). Raises ``TypeError`` if a plain
