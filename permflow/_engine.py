@@ -19,6 +19,7 @@ import math
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
@@ -120,6 +121,9 @@ class Run:
         self.released = True  # False if handing back at the end failed (the store was away)
         self.resumable = True  # False when the caller deletes the state id after a failure
         self._tg: anyio.abc.TaskGroup | None = None
+        self._queue: deque[tuple[Step, Delivery]] = deque()  # started, not yet taken by a task
+        self._spawning = False  # a task is to start tasks for what stays queued
+        self._pausing = 0  # tasks letting others run between deliveries (not waiting in a step)
         limit = settings.max_concurrency
         self.capacity = capacity
         self._more = False  # a capped fetch may have left deliveries behind
@@ -385,29 +389,62 @@ class Run:
         return follow
 
     def _start(self, step: Step, delivery: Delivery) -> None:
-        assert self._tg is not None
-        self._active += 1
-        self._tg.start_soon(self._work, step, delivery)
+        """Queue ``delivery`` for the next task of this run that is free, and make
+        sure that a task is started for it as soon as the event loop gets
+        control: then every task is waiting, and it must not wait for them."""
+        self._queue.append((step, delivery))
+        if not self._spawning:
+            assert self._tg is not None
+            self._spawning = True
+            self._active += 1
+            self._tg.start_soon(self._spawn_queued)
+
+    async def _spawn_queued(self) -> None:
+        """Start a task for each delivery still queued. Deliveries whose steps
+        finish without waiting are taken by tasks already running, so a
+        fan-out of fast steps starts no task per delivery."""
+        queue, tg = self._queue, self._tg
+        assert tg is not None
+        try:
+            while self._pausing and queue:
+                await checkpoint()  # a task only let others run: it goes on taking the queue
+            self._spawning = False
+            while queue:
+                self._active += 1
+                tg.start_soon(self._work, *queue.popleft())
+        finally:
+            self._done_one()
 
     async def _work(self, step: Step, delivery: Delivery) -> None:
         hops = 0
+        queue = self._queue
         try:
             while True:
                 follow = await self._handle(step, delivery)
-                if not follow:
+                if follow:
+                    for extra in follow[:-1]:
+                        self._start(*extra)
+                    step, delivery = follow[-1]
+                elif queue:  # take a queued delivery no task has started yet
+                    step, delivery = queue.popleft()
+                else:
                     return
-                for extra in follow[:-1]:
-                    self._start(*extra)
-                step, delivery = follow[-1]
                 hops += 1
                 if hops % _HOPS_BETWEEN_CHECKPOINTS == 0:
-                    await checkpoint()
+                    self._pausing += 1
+                    try:
+                        await checkpoint()
+                    finally:
+                        self._pausing -= 1
         except Exception as exc:
             self._fail(exc)
         finally:
-            self._active -= 1
-            if (not self._active or self._more) and self._quiet is not None:
-                self._quiet.set()
+            self._done_one()
+
+    def _done_one(self) -> None:
+        self._active -= 1
+        if (not self._active or self._more) and self._quiet is not None:
+            self._quiet.set()
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
