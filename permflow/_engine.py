@@ -482,15 +482,17 @@ class Run:
             trail = (*trail, check_repeat(step.name, source, trail))
         value = [m.value for m in messages] if step.join else source.value
         outbox: list[tuple[str, Any]]
-        if step.publishing is not None and self._plain:
+        fast = step.publishing
+        if fast is not None and self._plain:
             # one function, then publish (the usual process): called without their frames
-            func, runnable, topic = step.publishing
             try:
-                if func is not None:
-                    outbox = [(topic, await func(value))]
+                if fast.direct is not None:
+                    outbox = [(fast.topic, await fast.direct(value))]
+                elif fast.runner is not None and fast.runner.runs_inline:
+                    outbox = [(fast.topic, fast.step.checked(fast.runner.call_inline(value)))]
                 else:
                     ctx = StepContext(self._limits, self.services)
-                    outbox = [(topic, await runnable.ainvoke(value, {RUN_KEY: ctx}))]
+                    outbox = [(fast.topic, await fast.step.ainvoke(value, {RUN_KEY: ctx}))]
             except Exception as exc:
                 outbox = step_failed(self, step, delivery, source, value, exc)
         else:

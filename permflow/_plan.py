@@ -7,15 +7,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import ConfigError, DefinitionError
+from ._execution import SyncRunner
 from ._filter import Predicate
 from ._graph import Graph
 from ._process import Process
-from ._runnable import Runnable, RunnableLambda
-from ._topic import ERROR_NAME, Publish
+from ._runnable import Runnable, RunnableEach, RunnableLambda, RunnableParallel, RunnableSequence
+from ._topic import ERROR_NAME, Publish, Route
 from ._wiring import find_problems
 from .connections._base import Subscription
 
-__all__ = ["Plan", "Step"]
+__all__ = ["Plan", "Publishing", "Step"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -30,17 +31,28 @@ class Step:
     body: Runnable
     #: Filters the messages the process runs on (``subscribe(when=...)``).
     when: Predicate | None = None
-    #: For a process of one function then ``topic.publish()``: (the async function
-    #: when awaiting it is all its step does, else None; the step; the topic).
-    publishing: tuple[Callable[[Any], Awaitable[Any]] | None, Runnable, str] | None = None
+    #: For a process of one function then ``topic.publish()``: how to call it
+    #: without the frames of the sequence and the publish.
+    publishing: Publishing | None = None
 
 
-def _publishing(process: Process) -> tuple[Callable[[Any], Awaitable[Any]] | None, Runnable, str] | None:
-    """What a process made of one function step and then ``topic.publish()`` does,
-    for the engine to call without the frames of the sequence and the publish."""
+@dataclass(frozen=True, slots=True)
+class Publishing:
+    """A process made of one function step and then ``topic.publish()``."""
+
+    step: RunnableLambda
+    topic: str
+    #: The async function, when awaiting it is all the step does.
+    direct: Callable[[Any], Awaitable[Any]] | None
+    #: How the plain function runs, when it needs nothing but its input.
+    runner: SyncRunner | None
+
+
+def _publishing(process: Process) -> Publishing | None:
     steps = process.steps
     if len(steps) == 2 and type(steps[0]) is RunnableLambda and type(steps[1]) is Publish:
-        return steps[0].direct, steps[0], steps[1].topic.name
+        step = steps[0]
+        return Publishing(step, steps[1].topic.name, step.direct, step.sync_runner)
     return None
 
 
@@ -91,3 +103,29 @@ class Plan:
             readers.setdefault(s.process.topic.name, []).append(s)
         self.subscribers = {topic: tuple(steps) for topic, steps in readers.items()}
         self.handles_errors = any(s.process.topic.name == ERROR_NAME for s in self.steps)
+        #: The runners of the plain functions, when every step is one or publishes
+        #: (nothing of it can be bound to an event loop); else None.
+        self.plain_runners: tuple[SyncRunner, ...] | None = None
+        runners: list[SyncRunner] = []
+        if all(_plain_functions(p.body, runners) for p in processes):
+            self.plain_runners = tuple(runners)
+
+
+def _plain_functions(runnable: Runnable, runners: list[SyncRunner]) -> bool:
+    """Whether ``runnable`` is made of plain functions (collected into
+    ``runners``), publishes and routes only."""
+    if isinstance(runnable, RunnableLambda):
+        runner = runnable.sync_runner
+        if runner is None:
+            return False
+        runners.append(runner)
+        return True
+    if isinstance(runnable, (Publish, Route)):
+        return True
+    if isinstance(runnable, RunnableSequence):
+        return all(_plain_functions(step, runners) for step in runnable.steps)
+    if isinstance(runnable, RunnableParallel):
+        return all(_plain_functions(step, runners) for step in runnable.steps.values())
+    if isinstance(runnable, RunnableEach):
+        return _plain_functions(runnable.inner, runners)
+    return False

@@ -20,7 +20,7 @@ from ._errors import ConfigError, DefinitionError, PermflowWarning
 from ._graph import DYNAMIC, Graph
 from ._message import Message, MessageList
 from ._plan import Plan
-from ._portal import run_sync
+from ._portal import run_here, run_sync
 from ._process import Process
 from ._remote import RemoteRun
 from ._resources import check_factories, closing_from
@@ -347,7 +347,7 @@ class PubSub(Runnable):
             return await self.ainvoke(input, config, topic=topic)
 
         try:
-            return run_sync(go)
+            return run_here(go) if self._runs_anywhere() else run_sync(go)
         except Exception as exc:
             trim_traceback(exc)
             raise
@@ -366,10 +366,24 @@ class PubSub(Runnable):
             return await self.abatch(inputs, config, max_concurrency=max_concurrency)
 
         try:
-            return run_sync(go)
+            return run_here(go) if self._runs_anywhere() else run_sync(go)
         except Exception as exc:
             trim_traceback(exc)
             raise
+
+    def _runs_anywhere(self) -> bool:
+        """Whether a sync call may run on any event loop, the caller's thread's
+        too: nothing of it is bound to one loop (the in-memory connection, no
+        resources, no workers) and every step is a plain function that runs on
+        the event loop already (or publishes)."""
+        runners = self._plan.plain_runners
+        return (
+            runners is not None
+            and not self._on_workers
+            and self.services.resources is None
+            and type(self.connection) is InMemoryPubSubConnection
+            and all(runner.runs_inline for runner in runners)
+        )
 
     def peek(self, state_id: str) -> list[Message]:
         """Sync twin of ``apeek``: the stored messages of ``state_id`` in publish

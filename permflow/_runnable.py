@@ -213,6 +213,12 @@ class RunnableLambda(Runnable):
         return callable_name(self.func)
 
     @property
+    def sync_runner(self) -> SyncRunner | None:
+        """How the plain function runs, when it is one that needs nothing but
+        its input (no resources, not in a worker process); else None."""
+        return self._runner if self._process is None and self._asks is None else None
+
+    @property
     def direct(self) -> Callable[[Any], Awaitable[Any]] | None:
         """The async function itself when ``ainvoke`` does nothing but await it
         (no resources, not in a worker process), else None."""
@@ -232,7 +238,10 @@ class RunnableLambda(Runnable):
         if self._runner is None:
             return await (self.func(input) if extra is None else self.func(input, **extra))
         ctx = step_context(config)
-        result = await self._runner.run(input, ctx, extra)
+        return self.checked(await self._runner.run(input, ctx, extra))
+
+    def checked(self, result: Any) -> Any:
+        """``result`` of the plain function; ``ConfigError`` if it is a coroutine."""
         if inspect.iscoroutine(result):
             result.close()
             raise ConfigError(
