@@ -487,14 +487,20 @@ class Run:
             # one function, then publish (the usual process): called without their frames
             try:
                 if fast.direct is not None:
-                    outbox = [(fast.topic, await fast.direct(value))]
+                    out = await fast.direct(value)
                 elif fast.runner is not None and fast.runner.runs_inline:
-                    outbox = [(fast.topic, fast.step.checked(fast.runner.call_inline(value)))]
+                    out = fast.step.checked(fast.runner.call_inline(value))
                 else:
                     ctx = StepContext(self._limits, self.services)
-                    outbox = [(fast.topic, await fast.step.ainvoke(value, {RUN_KEY: ctx}))]
+                    out = await fast.step.ainvoke(value, {RUN_KEY: ctx})
             except Exception as exc:
                 outbox = step_failed(self, step, delivery, source, value, exc)
+            else:
+                if source.depth < self.settings.recursion_limit:  # else _outputs raises
+                    now, depth = time.time(), source.depth + 1
+                    output = Message(fast.topic, out, self.state_id, now, "", depth, trail)
+                    return await self.commit(step, delivery, [output])
+                outbox = [(fast.topic, out)]
         else:
             ctx = StepContext(self._limits, self.services)
             try:

@@ -157,7 +157,8 @@ class InMemoryPubSubConnection(PubSubConnection):
         return stored
 
     def _notify(self, state: _State) -> None:
-        state.waiters = _wake(state.waiters)
+        if state.waiters:
+            state.waiters = _wake(state.waiters)
 
     async def publish(self, state_id: str, messages: Sequence[Message]) -> list[Message]:
         with self._lock:
