@@ -21,7 +21,7 @@ from ._topic import ERROR_NAME
 from ._tracebacks import add_note, mark_step_error
 
 if TYPE_CHECKING:
-    from ._engine import Run
+    from ._delivery import Delivering
     from ._plan import Step
 
 __all__ = ["dead_letter", "describe", "error_record", "step_failed"]
@@ -30,7 +30,7 @@ _log = logging.getLogger("permflow.run")
 
 
 def step_failed(
-    run: Run, step: Step, delivery: Delivery, source: Message, value: Any, exc: Exception
+    run: Delivering, step: Step, delivery: Delivery, source: Message, value: Any, exc: Exception
 ) -> list[tuple[str, Any]]:
     """What ``step`` failing on ``delivery`` publishes: a ``Topic.ERROR`` record
     when something handles errors; else ``exc`` is raised again, noted."""
@@ -55,7 +55,7 @@ def step_failed(
 
 
 async def dead_letter(
-    run: Run, step: Step, delivery: Delivery, source: Message
+    run: Delivering, step: Step, delivery: Delivery, source: Message
 ) -> list[tuple[Step, Delivery]]:
     """Commit ``delivery``, redelivered too often, with an error record in place
     of its outputs; raise ``PoisonMessageError`` unless something handles errors.

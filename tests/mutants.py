@@ -76,7 +76,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "depth_limit_off",
-        "permflow/_engine.py",
+        "permflow/_delivery.py",
         "if source.depth >= limit:",
         "if False:",
         "a loop that keeps changing its value must fail with CycleError at recursion_limit",
@@ -221,7 +221,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- poison messages, stops, values -------------------------------------------------
     Mutant(
         "dead_letter_off",
-        "permflow/_engine.py",
+        "permflow/_delivery.py",
         "if delivery.attempt > settings.max_deliveries:",
         "if False:",
         "a delivery failing on every redelivery is dead-lettered after max_deliveries",
