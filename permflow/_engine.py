@@ -268,9 +268,7 @@ class Run(Delivering):
                 renewed = anyio.current_time()
                 wait = interval
 
-    async def _drive_alone(
-        self, ready: list[tuple[Step, Delivery]]
-    ) -> list[tuple[Step, Delivery]] | None:
+    async def _drive_alone(self, ready: list[tuple[Step, Delivery]]) -> list[tuple[Step, Delivery]] | None:
         """Run deliveries one at a time in this task while no more than one is
         ready (a chain needs no task group); hand over to ``_drive`` the ready
         ones once there are several. None: the run went idle."""
