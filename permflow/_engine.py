@@ -370,10 +370,9 @@ class Run(Delivering):
         sure that a task is started for it as soon as the event loop gets
         control: then every task is waiting, and it must not wait for them."""
         self._queue.append((step, delivery))
-        if not self._spawning:
+        if not self._spawning:  # not counted as active: tasks drain the queue before they end
             assert self._tg is not None
             self._spawning = True
-            self._active += 1
             self._tg.start_soon(self._spawn_queued)
 
     async def _spawn_queued(self) -> None:
@@ -382,15 +381,12 @@ class Run(Delivering):
         fan-out of fast steps starts no task per delivery."""
         queue, tg = self._queue, self._tg
         assert tg is not None
-        try:
-            while self._pausing and queue:
-                await checkpoint()  # a task only let others run: it goes on taking the queue
-            self._spawning = False
-            while queue:
-                self._active += 1
-                tg.start_soon(self._work, *queue.popleft())
-        finally:
-            self._done_one()
+        while self._pausing and queue:
+            await checkpoint()  # a task only let others run: it goes on taking the queue
+        self._spawning = False
+        while queue:
+            self._active += 1
+            tg.start_soon(self._work, *queue.popleft())
 
     async def _work(self, step: Step, delivery: Delivery) -> None:
         hops = 0
