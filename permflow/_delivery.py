@@ -230,7 +230,8 @@ class Delivering:
         for reader in readers:  # ``_fetch`` without a worker's limit, inline (the hot path)
             deliveries = await conn.fetch(sid, reader.name, owner=owner)
             self._held += len(deliveries)
-            follow.extend((reader, new) for new in deliveries)
+            for new in deliveries:
+                follow.append((reader, new))
         return follow
 
 

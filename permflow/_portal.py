@@ -24,7 +24,7 @@ import concurrent.futures
 import contextvars
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -190,7 +190,7 @@ def _no_loop_running() -> bool:
     return True
 
 
-def run_here(func: Callable[..., Awaitable[T]], *args: Any) -> T:
+def run_here(func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     """``run_sync``, but on this thread's own event loop when it runs none
     (no hand-off to the background loop and back): for calls that hold
     nothing bound to one loop and wait for nothing another thread must do.
@@ -205,7 +205,8 @@ def run_here(func: Callable[..., Awaitable[T]], *args: Any) -> T:
         own = _here.own = _OwnLoop()
     loop = own.loop
     # a fresh context, as on the background loop: the caller's must not leak into the run
-    task = contextvars.Context().run(loop.create_task, _as_coroutine(func, *args))
+    coro: Coroutine[Any, Any, T] = func(*args)
+    task: asyncio.Task[T] = contextvars.Context().run(loop.create_task, coro)
     try:
         return loop.run_until_complete(task)
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -347,7 +348,9 @@ class PubSub(Runnable):
             return await self.ainvoke(input, config, topic=topic)
 
         try:
-            return run_here(go) if self._runs_anywhere() else run_sync(go)
+            if self._runs_anywhere():
+                return run_here(functools.partial(self.ainvoke, topic=topic), input, config)
+            return run_sync(go)
         except Exception as exc:
             trim_traceback(exc)
             raise

@@ -180,7 +180,7 @@ class InMemoryPubSubConnection(PubSubConnection):
         self, state: _State, state_id: str, process: str, owner: str, limit: int | None
     ) -> list[Delivery]:
         """Hand ``owner`` what ``process`` has not finished (under the lock)."""
-        group = state.group(process)
+        group = state.groups.get(process) or state.group(process)
         messages = state.topics.get(group.topic, ())
         if not group.free and not group.join and limit is None:
             # only new messages, each its own delivery (the hot path)
