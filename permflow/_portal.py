@@ -205,15 +205,25 @@ def run_here(func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         own = _here.own = _OwnLoop()
     loop = own.loop
     # a fresh context, as on the background loop: the caller's must not leak into the run
-    coro: Coroutine[Any, Any, T] = func(*args)
+    coro = _stopping_at_end(loop, func(*args))
     task: asyncio.Task[T] = contextvars.Context().run(loop.create_task, coro)
     try:
-        return loop.run_until_complete(task)
+        loop.run_forever()
     except KeyboardInterrupt:
         if not task.done():  # interrupted between steps of the run: cancel it, let it clean up
             task.cancel()
             try:
-                loop.run_until_complete(task)
+                loop.run_forever()
             except BaseException:  # the interrupt is what the caller must see
                 pass
         raise
+    return task.result()
+
+
+async def _stopping_at_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro``, then stop ``loop`` (which ends ``run_forever`` after this
+    step: one loop iteration fewer than ``run_until_complete`` needs)."""
+    try:
+        return await coro
+    finally:
+        loop.stop()
