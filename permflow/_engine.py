@@ -1,10 +1,16 @@
 """The run engine: drives one run (state id) of a PubSub until it is idle.
 
 A run fetches deliveries from the connection, runs each process's chain on
-them, and commits each delivery's published messages together with its ack.
-After a commit, the same task fetches for the subscribers of what it just
-published and carries on with one of the new deliveries itself (others get
-tasks of their own), so a linear chain costs no task spawn per hop.
+them, and commits each delivery's published messages together with its ack
+(``_delivery``). After a commit, the same task fetches for the subscribers of
+what it just published and carries on with one of the new deliveries itself,
+so a linear chain costs no task spawn per hop. While at most one delivery is
+ready, the run needs no task group at all: it runs in the caller's task.
+
+The other deliveries of a fan-out are queued: a task of the run that is done
+takes the next one, and a task is started for each one still queued as soon
+as the event loop gets control (all tasks are then waiting, and a queued
+delivery must not wait for them). Fast steps thus start no task per delivery.
 
 When no task is running, the run asks the connection what is outstanding:
 work held elsewhere is waited for; joins fire when nothing else is left;
@@ -19,23 +25,21 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.lowlevel import checkpoint
 
-from ._context import RUN_KEY, StepContext
-from ._errors import ConnectionFailedError, PermflowError, PoisonMessageError, RunTimeoutError
-from ._filter import select, select_again
+from ._context import RunLimits
+from ._delivery import Delivering
+from ._errors import ConnectionFailedError, RunTimeoutError
+from ._failures import describe
 from ._gate import Gate
-from ._lineage import check_repeat, depth_exceeded
 from ._message import Delivery, Message
-from ._processes import default_max_processes
-from ._topic import ERROR_NAME
-from ._tracebacks import add_note, mark_step_error
 
 if TYPE_CHECKING:
     from ._plan import Plan, Step
@@ -56,8 +60,6 @@ _HELP_INTERVAL = 0.2  # seconds between a worker's calls for help on one run
 #: deliveries back). A store that does not answer by then is left to the lease,
 #: and the connection hands them back before its next run of the state id.
 CLEANUP_SECONDS = 0.25
-#: Seconds a suspect delivery waits to run alone before it runs beside others.
-_ALONE_PATIENCE = 10.0
 _OWNER_TAG = uuid.uuid4().hex[:12]
 _owner_numbers = itertools.count(1)
 
@@ -87,7 +89,7 @@ class Capacity:
     gate: Gate
 
 
-class Run:
+class Run(Delivering):
     """One execution of a plan on one state id, from input to idle.
 
     With a ``capacity`` (worker mode) the run fetches only as many deliveries
@@ -122,19 +124,21 @@ class Run:
         self.released = True  # False if handing back at the end failed (the store was away)
         self.resumable = True  # False when the caller deletes the state id after a failure
         self._tg: anyio.abc.TaskGroup | None = None
+        self._queue: deque[tuple[Step, Delivery]] = deque()  # started, not yet taken by a task
+        self._spawning = False  # a task is to start tasks for what stays queued
+        self._pausing = 0  # tasks letting others run between deliveries (not waiting in a step)
         limit = settings.max_concurrency
-        self._capacity = capacity
+        self.capacity = capacity
         self._more = False  # a capped fetch may have left deliveries behind
         self._called_for_help = -math.inf
         if capacity is not None:
             self._steps: anyio.CapacityLimiter | None = capacity.limiter
         else:
             self._steps = anyio.CapacityLimiter(limit) if limit else None
-        self._threads = anyio.CapacityLimiter(limit or _DEFAULT_THREADS)
-        # process steps of this run at once: calls beyond it wait here, where
-        # cancelling the run cancels them, not in the pool's queue
-        processes = settings.max_processes or (services and services.max_processes) or default_max_processes()
-        self._processes = anyio.CapacityLimiter(processes)
+        # worker threads, and process steps, of this run at once: process calls beyond
+        # it wait here, where cancelling the run cancels them, not in the pool's queue
+        processes = settings.max_processes or (services.max_processes if services else None)
+        self._limits = RunLimits(limit or _DEFAULT_THREADS, processes)
         # Suspects exist only where leases run out (stores that outlive drivers).
         self._gate: Gate | None = None
         if capacity is not None:
@@ -207,26 +211,37 @@ class Run:
             )
 
     async def _run_group(self, topic: str | None, value: Any) -> None:
+        renews = self.conn.lease != math.inf and self.capacity is None  # a worker renews for all its runs
+        first: list[tuple[Step, Delivery]] = []
+        ready: list[tuple[Step, Delivery]] | None = first
+        try:
+            if topic is not None:
+                message = Message(topic, value, self.state_id, time.time())
+                stored = await self.conn.publish(self.state_id, [message])
+                ready = first = await self._fetch_readers(stored)
+            if not renews:
+                ready = await self._drive_alone(first)
+        except Exception as exc:  # a step, or the store outside any step, failed
+            self._fail(exc)
+            return
+        if ready is None:
+            return
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            if self.conn.lease != math.inf and self._capacity is None:
-                tg.start_soon(self._renew_leases)  # a worker renews for all its runs
+            if renews:
+                tg.start_soon(self._renew_leases)
             try:
-                first: list[tuple[Step, Delivery]] = []
-                if topic is not None:
-                    message = Message(topic, value, self.state_id, time.time())
-                    stored = await self.conn.publish(self.state_id, [message])
-                    first = await self._fetch_readers(stored)
-                await self._drive(first)
+                await self._drive(ready)
             except Exception as exc:  # the store failed outside any step
                 self._fail(exc)
-            tg.cancel_scope.cancel()
+            if renews:
+                tg.cancel_scope.cancel()
 
     def failure_record(self, exc: BaseException) -> dict[str, Any]:
         """How this run failed, for a client of workers: where (when a step
         failed) and what."""
         process, topic = self.failed_at or (None, None)
-        return {"process": process, "topic": topic, **_describe(exc)}
+        return {"process": process, "topic": topic, **describe(exc)}
 
     async def _renew_leases(self) -> None:
         """Renew every ``lease / 3``; ride out a failing store until the lease
@@ -253,10 +268,28 @@ class Run:
                 renewed = anyio.current_time()
                 wait = interval
 
+    async def _drive_alone(self, ready: list[tuple[Step, Delivery]]) -> list[tuple[Step, Delivery]] | None:
+        """Run deliveries one at a time in this task while no more than one is
+        ready (a chain needs no task group); hand over to ``_drive`` the ready
+        ones once there are several. None: the run went idle."""
+        hops = 0
+        while True:
+            if len(ready) > 1:
+                return ready
+            if ready:
+                ready = await self._handle(*ready[0])
+                hops += 1
+                if hops % _HOPS_BETWEEN_CHECKPOINTS == 0:
+                    await checkpoint()
+                continue
+            found = await self._ready_at_idle()
+            if found is None:
+                return None
+            ready = found
+
     async def _drive(self, ready: list[tuple[Step, Delivery]]) -> None:
         """Run ``ready`` (the last one in this task), then whatever the
         connection reports outstanding, until the run is idle."""
-        plan, conn, sid = self.plan, self.conn, self.state_id
         while self._failure is None:
             if ready:
                 for extra in ready[:-1]:
@@ -271,25 +304,38 @@ class Run:
                 if not self._more:
                     continue
                 self._more = False
-            counts, self._counts = self._counts, None
-            if counts is None:
-                counts = await conn.outstanding(sid, plan.names)
-            waiting = [s for s in plan.subscribers_all if counts[s.name]]
+            found = await self._ready_at_idle()
+            if found is None:
+                return
+            ready = found
+
+    async def _ready_at_idle(self) -> list[tuple[Step, Delivery]] | None:
+        """What the connection has outstanding for this run, fetched, once no
+        task of it is busy (or a capped fetch left some behind): subscribers
+        first, joins only when nothing else is left. Waits for a change when
+        all of it is held elsewhere. None: the run is idle."""
+        plan, conn, sid = self.plan, self.conn, self.state_id
+        counts, self._counts = self._counts, None
+        if counts is None:
+            counts = await conn.outstanding(sid, plan.names)
+        waiting = [s for s in plan.subscribers_all if counts[s.name]]
+        if not waiting:
+            waiting = [s for s in plan.joins if counts[s.name]]
             if not waiting:
-                waiting = [s for s in plan.joins if counts[s.name]]
-                if not waiting:
-                    return
-            for step in waiting:
-                ready.extend((step, d) for d in await self._fetch(step))
-            if not ready and not self._active:
-                await conn.wait_for_change(sid, self.settings.poll_interval)
+                return None
+        ready: list[tuple[Step, Delivery]] = []
+        for step in waiting:
+            ready.extend((step, d) for d in await self._fetch(step))
+        if not ready and not self._active:
+            await conn.wait_for_change(sid, self.settings.poll_interval)
+        return ready
 
     async def _fetch(self, step: Step, passed: Delivery | None = None) -> list[Delivery]:
         """Deliveries of ``step`` for this run, as many as a worker can start.
         ``passed``: a delivery of ``step`` its predicate rejected, acked in the
         same call (and so in the same round trip where the store allows)."""
         self._fetched = True
-        capacity = self._capacity
+        capacity = self.capacity
         limit = None if capacity is None else max(1, int(capacity.limiter.available_tokens))
         if passed is None:
             deliveries = await self.conn.fetch(self.state_id, step.name, owner=self.owner, limit=limit)
@@ -319,239 +365,62 @@ class Run:
                 await capacity.call_for_help(self.state_id)
         return deliveries
 
-    async def _fetch_readers(self, stored: list[Message]) -> list[tuple[Step, Delivery]]:
-        """Emit ``stored`` and fetch what it gave the processes reading it."""
-        emit = self.emit
-        for message in stored:
-            emit(message)
-        subscribers = self.plan.subscribers
-        if len(stored) == 1:
-            readers = subscribers.get(stored[0].topic, ())
-        else:
-            readers = tuple(dict.fromkeys(s for m in stored for s in subscribers.get(m.topic, ())))
-        follow: list[tuple[Step, Delivery]] = []
-        for reader in readers:
-            follow.extend((reader, new) for new in await self._fetch(reader))
-        return follow
-
     def _start(self, step: Step, delivery: Delivery) -> None:
-        assert self._tg is not None
-        self._active += 1
-        self._tg.start_soon(self._work, step, delivery)
+        """Queue ``delivery`` for the next task of this run that is free, and make
+        sure that a task is started for it as soon as the event loop gets
+        control: then every task is waiting, and it must not wait for them."""
+        self._queue.append((step, delivery))
+        if not self._spawning:  # not counted as active: tasks drain the queue before they end
+            assert self._tg is not None
+            self._spawning = True
+            self._tg.start_soon(self._spawn_queued)
+
+    async def _spawn_queued(self) -> None:
+        """Start a task for each delivery still queued. Deliveries whose steps
+        finish without waiting are taken by tasks already running, so a
+        fan-out of fast steps starts no task per delivery."""
+        queue, tg = self._queue, self._tg
+        assert tg is not None
+        while self._pausing and queue:
+            await checkpoint()  # a task only let others run: it goes on taking the queue
+        self._spawning = False
+        while queue:
+            self._active += 1
+            tg.start_soon(self._work, *queue.popleft())
 
     async def _work(self, step: Step, delivery: Delivery) -> None:
         hops = 0
+        queue = self._queue
         try:
             while True:
                 follow = await self._handle(step, delivery)
-                if not follow:
+                if follow:
+                    for extra in follow[:-1]:
+                        self._start(*extra)
+                    step, delivery = follow[-1]
+                elif queue:  # take a queued delivery no task has started yet
+                    step, delivery = queue.popleft()
+                else:
                     return
-                for extra in follow[:-1]:
-                    self._start(*extra)
-                step, delivery = follow[-1]
                 hops += 1
                 if hops % _HOPS_BETWEEN_CHECKPOINTS == 0:
-                    await checkpoint()
+                    self._pausing += 1
+                    try:
+                        await checkpoint()
+                    finally:
+                        self._pausing -= 1
         except Exception as exc:
             self._fail(exc)
         finally:
-            self._active -= 1
-            if (not self._active or self._more) and self._quiet is not None:
-                self._quiet.set()
+            self._done_one()
+
+    def _done_one(self) -> None:
+        self._active -= 1
+        if (not self._active or self._more) and self._quiet is not None:
+            self._quiet.set()
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
             self._failure = exc
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
-
-    async def _handle(self, step: Step, delivery: Delivery) -> list[tuple[Step, Delivery]]:
-        settings = self.settings
-        messages = delivery.messages
-        source = max(messages, key=_depth) if len(messages) > 1 else messages[0]
-        if delivery.attempt > 1:
-            _log.info(
-                "redelivering to %r a message of topic %r (state id %r), attempt %d",
-                step.name,
-                source.topic,
-                self.state_id,
-                delivery.attempt,
-            )
-            if delivery.attempt > settings.max_deliveries:
-                return await self._dead_letter(step, delivery, source)
-        gate = self._gate
-        if delivery.suspect and gate is not None:
-            # Its last holder vanished holding it: it may be what killed that holder.
-            # Run it alone, and charge the attempt only now that it starts.
-            token = await gate.enter_alone(_ALONE_PATIENCE)
-            try:
-                if not await self.conn.charge(delivery, owner=self.owner):
-                    self._held -= 1
-                    return []
-                return await self._run_step(step, delivery, source, entered=True)
-            finally:
-                if token is not None:
-                    gate.leave_alone(token)
-                else:
-                    gate.leave()
-        return await self._run_step(step, delivery, source)
-
-    async def _run_step(
-        self, step: Step, delivery: Delivery, source: Message, *, entered: bool = False
-    ) -> list[tuple[Step, Delivery]]:
-        messages = delivery.messages
-        if step.when is not None:
-            # inline, before any slot, thread, span or step: a rejected message costs one call
-            try:
-                try:
-                    kept = select(step.when, messages)
-                except Exception as exc:
-                    kept = await select_again(step.when, messages, step.process.retry, exc)
-            except Exception as exc:
-                value = [m.value for m in messages] if step.join else source.value
-                outbox = self._failed(step, delivery, source, value, exc)
-                return await self._publish(step, delivery, source, source.trail, outbox)
-            if not kept:
-                if step.join:  # a join fetches at idle only
-                    return await self._commit(step, delivery, [])
-                return [(step, d) for d in await self._fetch(step, passed=delivery)]
-            if len(kept) < len(messages):  # a join joins the matching ones only
-                messages = tuple(kept)
-                source = max(messages, key=_depth)
-        trail = source.trail
-        if step.on_cycle:
-            trail = (*trail, check_repeat(step.name, source, trail))
-        value = [m.value for m in messages] if step.join else source.value
-        ctx = StepContext(self._threads, self.services, self._processes)
-        try:
-            if self._plain:
-                await step.process.ainvoke(value, {RUN_KEY: ctx})
-            else:
-                await self._invoke_guarded(step, value, ctx, source, entered)
-        except Exception as exc:
-            ctx.outbox[:] = self._failed(step, delivery, source, value, exc)
-        return await self._publish(step, delivery, source, trail, ctx.outbox)
-
-    def _failed(
-        self, step: Step, delivery: Delivery, source: Message, value: Any, exc: Exception
-    ) -> list[tuple[str, Any]]:
-        """What a process failing on a delivery publishes: a ``Topic.ERROR``
-        record when something handles errors; else ``exc`` is raised again."""
-        _log.info(
-            "process %r failed on a message of topic %r (state id %r): %r",
-            step.name,
-            source.topic,
-            self.state_id,
-            exc,
-        )
-        if self.plan.handles_errors and source.topic != ERROR_NAME:
-            return [(ERROR_NAME, _error_record(step.name, source.topic, value, exc, delivery.attempt))]
-        if self.failed_at is None:
-            self.failed_at = (step.name, source.topic)
-        add_note(
-            exc,
-            f"permflow: process {step.name!r} failed on topic {source.topic!r} "
-            f"(message id {source.id}, state id {self.state_id!r})",
-        )
-        mark_step_error(exc)  # the user's frames tell the story: trimmed at the API
-        raise exc
-
-    async def _publish(
-        self,
-        step: Step,
-        delivery: Delivery,
-        source: Message,
-        trail: tuple[Any, ...],
-        outbox: list[tuple[str, Any]],
-    ) -> list[tuple[Step, Delivery]]:
-        """Commit ``delivery`` with ``outbox`` (topic, value) as messages caused by ``source``."""
-        if not outbox:
-            return await self._commit(step, delivery, [])
-        limit = self.settings.recursion_limit
-        if source.depth >= limit:
-            raise depth_exceeded(step.name, source, limit, self.plan.cycles)
-        now, depth, sid = time.time(), source.depth + 1, self.state_id
-        outputs = [Message(t, v, sid, now, "", depth, trail) for t, v in outbox]
-        return await self._commit(step, delivery, outputs)
-
-    async def _invoke_guarded(
-        self, step: Step, value: Any, ctx: StepContext, source: Message, entered: bool
-    ) -> None:
-        timeout, trace, gate = self.settings.step_timeout, self.settings.trace, self._gate
-        # The gate first, then a slot, for every step (a suspect too): a step held back
-        # at the gate holds no slot a suspect inside it would need.
-        if gate is not None and not entered:
-            await gate.enter()
-        try:
-            # a step's time starts once it has a concurrency slot
-            async with self._steps if self._steps is not None else _no_slot():
-                with anyio.move_on_after(timeout) as scope:
-                    with trace(step.name, source) if trace is not None else nullcontext():
-                        await step.process.ainvoke(value, {RUN_KEY: ctx})
-        finally:
-            if gate is not None and not entered:
-                gate.leave()
-        if scope.cancelled_caught:
-            raise TimeoutError(
-                f"process {step.name!r} took longer than step_timeout={timeout}s on a message "
-                f"of topic {source.topic!r} (state id {self.state_id!r})"
-            )
-
-    async def _commit(
-        self, step: Step, delivery: Delivery, outputs: list[Message]
-    ) -> list[tuple[Step, Delivery]]:
-        stored = await self.conn.commit(delivery, outputs, owner=self.owner)
-        self._held -= 1
-        if stored is None:
-            _log.info(
-                "commit of %r refused: another driver of state id %r holds that delivery now "
-                "(its outputs are stored once, by that driver)",
-                step.name,
-                self.state_id,
-            )
-            return []
-        if not stored:
-            return []
-        return await self._fetch_readers(stored)
-
-    async def _dead_letter(
-        self, step: Step, delivery: Delivery, source: Message
-    ) -> list[tuple[Step, Delivery]]:
-        attempts = delivery.attempt - 1
-        text = (
-            f"process {step.name!r} failed on a message of topic {source.topic!r} "
-            f"{attempts} times (max_deliveries={self.settings.max_deliveries}); "
-            "it was moved to Topic.ERROR"
-        )
-        value = [m.value for m in delivery.messages] if step.join else source.value
-        record = _error_record(step.name, source.topic, value, PoisonMessageError(text), attempts)
-        error = Message(ERROR_NAME, record, self.state_id, time.time(), "", source.depth + 1)
-        if not self.plan.handles_errors and self._capacity is not None:
-            # a client of workers must see the failure before the ack makes the run idle
-            await self._capacity.report_failure(self.state_id, record)
-        follow = await self._commit(step, delivery, [error])
-        _log.warning("%s (state id %r)", text, self.state_id)
-        if not self.plan.handles_errors:
-            raise PoisonMessageError(f"{text} (state id {self.state_id!r})")
-        return follow
-
-
-@asynccontextmanager
-async def _no_slot() -> AsyncIterator[None]:
-    yield
-
-
-def _depth(message: Message) -> int:
-    return message.depth
-
-
-def _describe(exc: BaseException) -> dict[str, Any]:
-    """An exception as JSON-compatible fields: its type name and message."""
-    kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-    return {"error": name, "message": str(exc), "permflow": isinstance(exc, PermflowError)}
-
-
-def _error_record(process: str, topic: str, value: Any, exc: BaseException, attempt: int) -> dict[str, Any]:
-    """What a ``Topic.ERROR`` message carries: JSON-compatible, self-describing."""
-    return {"process": process, "topic": topic, "input": value, **_describe(exc), "attempt": attempt}

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import anyio.to_thread
 
+from ._context import StepContext
 from ._errors import ConfigError
 
 __all__ = ["Execution", "SyncRunner", "note_blocking_call"]
@@ -96,22 +97,27 @@ class SyncRunner:
         profile = self._profile
         return not profile.pinned and profile.fast_runs >= WARMUP_RUNS
 
-    async def run(
-        self, value: Any, limiter: anyio.CapacityLimiter | None, extra: dict[str, Any] | None = None
-    ) -> Any:
-        """Call the function on ``value`` (and keyword arguments ``extra``)."""
+    async def run(self, value: Any, ctx: StepContext | None, extra: dict[str, Any] | None = None) -> Any:
+        """Call the function on ``value`` (and keyword arguments ``extra``); in a
+        worker thread, within the limiter of threads of ``ctx``'s run, if any."""
         if self.runs_inline:
-            if self._mode == "inline":
-                return self._func(value) if extra is None else self._func(value, **extra)
-            started = time.perf_counter()
-            try:
-                return self._func(value) if extra is None else self._func(value, **extra)
-            finally:
-                if time.perf_counter() - started > SLOW_SECONDS:
-                    self._profile.pinned = True
+            return self.call_inline(value, extra)
+        limiter = ctx.limiter if ctx is not None else None
         return await anyio.to_thread.run_sync(
             self._in_thread, value, extra, abandon_on_cancel=True, limiter=limiter
         )
+
+    def call_inline(self, value: Any, extra: dict[str, Any] | None = None) -> Any:
+        """Call the function here, on the event loop's thread (when ``runs_inline``);
+        a slow call sends it back to worker threads for good."""
+        if self._mode == "inline":
+            return self._func(value) if extra is None else self._func(value, **extra)
+        started = time.perf_counter()
+        try:
+            return self._func(value) if extra is None else self._func(value, **extra)
+        finally:
+            if time.perf_counter() - started > SLOW_SECONDS:
+                self._profile.pinned = True
 
     def _in_thread(self, value: Any, extra: dict[str, Any] | None) -> Any:
         profile = self._profile

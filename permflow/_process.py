@@ -45,6 +45,11 @@ class Process(Runnable):
         return self.head.topic
 
     @property
+    def body(self) -> Runnable:
+        """What runs on a message: its one step, or its steps in sequence."""
+        return self._body
+
+    @property
     def is_join(self) -> bool:
         """Whether the chain starts with ``topic.join()`` (runs at idle, with a list)."""
         return self.head.join

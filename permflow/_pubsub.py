@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -20,7 +21,7 @@ from ._errors import ConfigError, DefinitionError, PermflowWarning
 from ._graph import DYNAMIC, Graph
 from ._message import Message, MessageList
 from ._plan import Plan
-from ._portal import run_sync
+from ._portal import run_here, run_sync
 from ._process import Process
 from ._remote import RemoteRun
 from ._resources import check_factories, closing_from
@@ -192,6 +193,8 @@ class PubSub(Runnable):
     # -- async API: the real one --------------------------------------------
 
     def _prepare(self, config: Config, topic: Topic | str | None) -> tuple[str, bool, Settings, str]:
+        if not config and topic is None and isinstance(config, (dict, type(None))):
+            return os.urandom(16).hex(), True, self.settings, IN_NAME  # no config: the usual case
         if config is not None and not isinstance(config, Mapping):
             raise ConfigError(
                 f"config must be a dict such as {{'state_id': ...}}, got {type(config).__name__} {config!r}"
@@ -345,6 +348,8 @@ class PubSub(Runnable):
             return await self.ainvoke(input, config, topic=topic)
 
         try:
+            if self._runs_anywhere():
+                return run_here(functools.partial(self.ainvoke, topic=topic), input, config)
             return run_sync(go)
         except Exception as exc:
             trim_traceback(exc)
@@ -364,10 +369,24 @@ class PubSub(Runnable):
             return await self.abatch(inputs, config, max_concurrency=max_concurrency)
 
         try:
-            return run_sync(go)
+            return run_here(go) if self._runs_anywhere() else run_sync(go)
         except Exception as exc:
             trim_traceback(exc)
             raise
+
+    def _runs_anywhere(self) -> bool:
+        """Whether a sync call may run on any event loop, the caller's thread's
+        too: nothing of it is bound to one loop (the in-memory connection, no
+        resources, no workers) and every step is a plain function that runs on
+        the event loop already (or publishes)."""
+        runners = self._plan.plain_runners
+        return (
+            runners is not None
+            and not self._on_workers
+            and self.services.resources is None
+            and type(self.connection) is InMemoryPubSubConnection
+            and all(runner.runs_inline for runner in runners)
+        )
 
     def peek(self, state_id: str) -> list[Message]:
         """Sync twin of ``apeek``: the stored messages of ``state_id`` in publish

@@ -212,6 +212,20 @@ class RunnableLambda(Runnable):
         its code, so that different lambdas give different process names."""
         return callable_name(self.func)
 
+    @property
+    def sync_runner(self) -> SyncRunner | None:
+        """How the plain function runs, when it is one that needs nothing but
+        its input (no resources, not in a worker process); else None."""
+        return self._runner if self._process is None and self._asks is None else None
+
+    @property
+    def direct(self) -> Callable[[Any], Awaitable[Any]] | None:
+        """The async function itself when ``ainvoke`` does nothing but await it
+        (no resources, not in a worker process), else None."""
+        if self._is_async and self._process is None and self._asks is None:
+            return self.func
+        return None
+
     async def ainvoke(self, input: Any, config: Config = None) -> Any:
         """Await an async function; run a sync one as ``execution`` says (a worker
         thread, inline or in a worker process). Raises ``TypeError`` if a plain
@@ -224,7 +238,10 @@ class RunnableLambda(Runnable):
         if self._runner is None:
             return await (self.func(input) if extra is None else self.func(input, **extra))
         ctx = step_context(config)
-        result = await self._runner.run(input, ctx.limiter if ctx else None, extra)
+        return self.checked(await self._runner.run(input, ctx, extra))
+
+    def checked(self, result: Any) -> Any:
+        """``result`` of the plain function; ``ConfigError`` if it is a coroutine."""
         if inspect.iscoroutine(result):
             result.close()
             raise ConfigError(
@@ -359,7 +376,7 @@ class _RunnableAdapter(Runnable):
         if self._sync is None:
             return await self.obj.ainvoke(input)
         ctx = step_context(config)
-        return await self._sync.run(input, ctx.limiter if ctx else None)
+        return await self._sync.run(input, ctx)
 
 
 def callable_name(func: Any) -> str:

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._engine import CLEANUP_SECONDS, Capacity, Run, _describe
+from ._engine import CLEANUP_SECONDS, Capacity, Run
 from ._errors import ConfigError, ConnectionFailedError
+from ._failures import describe as _describe
 from ._gate import Gate
 from ._outage import Outage
 from ._serialization import CorruptEntryError

@@ -76,9 +76,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "depth_limit_off",
-        "permflow/_engine.py",
-        "        if source.depth >= limit:",
-        "        if False:",
+        "permflow/_delivery.py",
+        "if source.depth >= limit:",
+        "if False:",
         "a loop that keeps changing its value must fail with CycleError at recursion_limit",
         (CONFORMANCE, "tests/test_settings.py"),
     ),
@@ -86,8 +86,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "retry_rollback_all",
         "permflow/_retry.py",
-        "ctx.rollback(mark)",
-        "ctx.rollback(0)",
+        "part = ctx.child() if ctx else None",
+        "part = ctx",
         "a failed attempt of a retried step discards only its own publishes, not the chain's earlier ones",
         ("tests/test_retry.py", "tests/test_runnable.py", "tests/test_errors.py"),
     ),
@@ -204,8 +204,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "early_join",
         "permflow/_engine.py",
-        "            if not waiting:\n                waiting = [s for s in plan.joins if counts[s.name]]",
-        "            if True:\n                waiting += [s for s in plan.joins if counts[s.name]]",
+        "        if not waiting:\n            waiting = [s for s in plan.joins if counts[s.name]]",
+        "        if True:\n            waiting += [s for s in plan.joins if counts[s.name]]",
         "joins fire only when the run is otherwise idle, never while subscribers still have work",
         (CONFORMANCE, "tests/test_workers.py", "tests/test_worker_processes.py"),
         quick=True,
@@ -222,7 +222,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # -- poison messages, stops, values -------------------------------------------------
     Mutant(
         "dead_letter_off",
-        "permflow/_engine.py",
+        "permflow/_delivery.py",
         "if delivery.attempt > settings.max_deliveries:",
         "if False:",
         "a delivery failing on every redelivery is dead-lettered after max_deliveries",
@@ -285,8 +285,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "cache_no_single_flight",
         "permflow/_cache.py",
-        "while (flight := flights.get(where)) is not None:",
-        "while False and (flight := flights.get(where)) is not None:",
+        "                flight = _flights.get(where)\n",
+        "                flight = None\n",
         "concurrent calls of a cached step with one key must run the step once",
         ("tests/test_cache.py",),
     ),

@@ -80,6 +80,36 @@ async def test_messages_of_one_subscriber_run_concurrently() -> None:
         assert sorted(await pubsub.ainvoke([1, 2, 3, 4, 5])) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.anyio
+async def test_every_delivery_of_a_wide_fan_out_runs_concurrently() -> None:
+    """A hundred deliveries that each wait until all have started all finish (none waits for a free task)."""
+    meet = _meeting(100)
+    work = Topic("work")
+    pubsub = PubSub(
+        Topic.IN.subscribe() | work.publish_each(),
+        work.subscribe() | meet | Topic.OUT.publish(),
+    )
+    with anyio.fail_after(5):
+        assert sorted(await pubsub.ainvoke(list(range(100)))) == list(range(100))
+
+
+@pytest.mark.anyio
+async def test_two_waiting_deliveries_among_many_fast_ones_meet() -> None:
+    """Two deliveries waiting for each other, far apart among fast ones of one fan-out, both finish."""
+    meet = _meeting(2)
+
+    async def step(x: int) -> int:
+        return await meet(x) if x in (10, 90) else x
+
+    work = Topic("work")
+    pubsub = PubSub(
+        Topic.IN.subscribe() | work.publish_each(),
+        work.subscribe() | step | Topic.OUT.publish(),
+    )
+    with anyio.fail_after(5):
+        assert sorted(await pubsub.ainvoke(list(range(100)))) == list(range(100))
+
+
 def _tracked(**settings: Any) -> tuple[PubSub, dict[str, int]]:
     """Six deliveries over two processes; records the most steps running at once."""
     state = {"now": 0, "peak": 0, "done": 0}

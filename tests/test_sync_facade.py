@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from typing import Any
@@ -120,6 +121,107 @@ def test_eight_threads_stream_at_once() -> None:
     for i in range(8):
         sid = f"stream-{i}"
         assert results[i] == [("__in__", i, sid), ("middle", 2 * i, sid), ("__out__", 2 * i, sid)]
+
+
+# -- on the caller's thread -------------------------------------------------
+
+
+def _where_inline() -> tuple[PubSub, list[threading.Thread]]:
+    """A program of one plain function pinned inline, recording the thread it ran on."""
+    seen: list[threading.Thread] = []
+
+    def where(x: Any) -> Any:
+        seen.append(threading.current_thread())
+        return x
+
+    step = RunnableLambda(where, execution="inline")
+    return PubSub(Topic.IN.subscribe() | step | Topic.OUT.publish()), seen
+
+
+def test_plain_inline_steps_run_on_the_callers_thread() -> None:
+    """A sync invoke/batch of plain functions running on the loop anyway runs on the calling thread."""
+
+    def call() -> tuple[Any, Any, threading.Thread]:
+        return pubsub.invoke(1), pubsub.batch([2, 3]), threading.current_thread()
+
+    pubsub, seen = _where_inline()
+    invoked, batched, caller = call_with_deadline(call)
+    assert (invoked, batched) == ([1], [[2], [3]])
+    assert seen == [caller, caller, caller]
+
+
+def test_async_steps_stay_on_the_background_loop() -> None:
+    """A program with an async step runs on the shared background loop, never the caller's thread."""
+    seen: list[threading.Thread] = []
+
+    async def where(x: Any) -> Any:
+        seen.append(threading.current_thread())
+        return x
+
+    pubsub = PubSub(Topic.IN.subscribe() | where | Topic.OUT.publish())
+    assert pubsub.invoke(1) == [1]
+    assert seen[0] is not threading.current_thread()
+
+
+def test_plain_inline_steps_inside_a_running_loop_run_elsewhere() -> None:
+    """Under asyncio.run and trio.run, such a sync invoke runs off the (busy) caller's thread and works."""
+    pubsub, seen = _where_inline()
+
+    async def main() -> tuple[list[Any], threading.Thread]:
+        return pubsub.invoke(7), threading.current_thread()
+
+    for run in (lambda: asyncio.run(main()), lambda: trio.run(main)):
+        seen.clear()
+        out, caller = call_with_deadline(run)
+        assert out == [7]
+        assert seen and seen[0] is not caller
+
+
+def test_nested_sync_invoke_from_a_step_on_the_callers_loop() -> None:
+    """A step running on the caller's own loop that calls a sync invoke does not deadlock."""
+    inner, _ = _where_inline()
+
+    def outer_step(x: int) -> int:
+        return int(inner.invoke(x)[0]) + 1
+
+    step = RunnableLambda(outer_step, execution="inline")
+    outer = PubSub(Topic.IN.subscribe() | step | Topic.OUT.publish())
+    assert call_with_deadline(lambda: outer.invoke(1)) == [2]
+
+
+def test_the_callers_loop_survives_an_interrupt() -> None:
+    """KeyboardInterrupt in a run on the caller's thread is raised, and the next call there works."""
+
+    def step(x: str) -> str:
+        if x == "stop":
+            raise KeyboardInterrupt
+        return x
+
+    pubsub = PubSub(Topic.IN.subscribe() | RunnableLambda(step, execution="inline") | Topic.OUT.publish())
+
+    def call() -> list[Any]:
+        with pytest.raises(KeyboardInterrupt):
+            pubsub.invoke("stop")
+        return pubsub.invoke("go")
+
+    assert call_with_deadline(call) == ["go"]
+
+
+def test_a_threads_own_loop_is_closed_when_the_thread_ends() -> None:
+    """The event loop a thread's sync calls ran on is closed once that thread ends."""
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def where(x: Any) -> Any:
+        loops.append(asyncio.get_running_loop())
+        return x
+
+    pubsub = PubSub(Topic.IN.subscribe() | RunnableLambda(where, execution="inline") | Topic.OUT.publish())
+    thread = threading.Thread(target=lambda: pubsub.invoke(1), daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive()
+    gc.collect()
+    assert len(loops) == 1 and loops[0].is_closed()
 
 
 # -- inside a running event loop (a notebook cell) ---------------------------

@@ -59,13 +59,26 @@ class _Group:
 
 
 class _State:
-    __slots__ = ("groups", "log", "topics", "waiters")
+    """One state id: its log, its topics, and each registered process's
+    subscription (``readers``) and progress (``groups``, made on first use:
+    a run of a long chain need not make one for each process up front)."""
+
+    __slots__ = ("groups", "log", "readers", "topics", "waiters")
 
     def __init__(self) -> None:
         self.log: list[Message] = []
         self.topics: dict[str, list[Message]] = {}
+        self.readers: dict[str, Subscription] = {}
         self.groups: dict[str, _Group] = {}
         self.waiters: list[tuple[int, anyio.Event]] = []
+
+    def group(self, process: str) -> _Group:
+        """The progress of registered ``process`` (KeyError if it is not)."""
+        group = self.groups.get(process)
+        if group is None:
+            sub = self.readers[process]
+            group = self.groups[process] = _Group(sub.topic, sub.join)
+        return group
 
 
 @final
@@ -111,15 +124,21 @@ class InMemoryPubSubConnection(PubSubConnection):
     async def register(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
         with self._lock:
             self._stopping.discard(state_id)  # a run starting here is no longer stopped
-            groups = self._state(state_id).groups
+            state = self._state(state_id)
+            readers = state.readers
+            if not readers:  # a fresh state id: the usual case
+                readers.update((sub.process, sub) for sub in subscriptions)
+                if len(readers) == len(subscriptions):
+                    return
+                readers.clear()
             for sub in subscriptions:
-                group = groups.get(sub.process)
-                if group is None:
-                    groups[sub.process] = _Group(sub.topic, sub.join)
-                elif (group.topic, group.join) != (sub.topic, sub.join):
+                known = readers.get(sub.process)
+                if known is None:
+                    readers[sub.process] = sub
+                elif (known.topic, known.join) != (sub.topic, sub.join):
                     raise DefinitionError(
                         f"process {sub.process!r} is registered in state {state_id!r} as "
-                        f"reading topic {group.topic!r}; it cannot now read {sub.topic!r}. "
+                        f"reading topic {known.topic!r}; it cannot now read {sub.topic!r}. "
                         "Give the new chain another name."
                     )
 
@@ -138,7 +157,8 @@ class InMemoryPubSubConnection(PubSubConnection):
         return stored
 
     def _notify(self, state: _State) -> None:
-        state.waiters = _wake(state.waiters)
+        if state.waiters:
+            state.waiters = _wake(state.waiters)
 
     async def publish(self, state_id: str, messages: Sequence[Message]) -> list[Message]:
         with self._lock:
@@ -160,8 +180,20 @@ class InMemoryPubSubConnection(PubSubConnection):
         self, state: _State, state_id: str, process: str, owner: str, limit: int | None
     ) -> list[Delivery]:
         """Hand ``owner`` what ``process`` has not finished (under the lock)."""
-        group = state.groups[process]
+        group = state.groups.get(process) or state.group(process)
         messages = state.topics.get(group.topic, ())
+        if not group.free and not group.join and limit is None:
+            # only new messages, each its own delivery (the hot path)
+            cursor, end = group.cursor, len(messages)
+            if cursor == end:
+                return []
+            group.cursor = end
+            held = group.pending
+            fresh = []
+            for p in range(cursor, end):
+                held[p] = _Pending(owner, 1)
+                fresh.append(Delivery(state_id, process, (messages[p],), 1, (p,)))
+            return fresh
         positions: list[int] = []
         if group.free:
             for position, pending in group.pending.items():
@@ -246,11 +278,14 @@ class InMemoryPubSubConnection(PubSubConnection):
             counts = dict.fromkeys(processes, 0)
             if state is None:
                 return counts
+            groups, readers, topics = state.groups, state.readers, state.topics
             for name in processes:
-                group = state.groups.get(name)
+                group = groups.get(name)
                 if group is not None:
-                    backlog = len(state.topics.get(group.topic, ())) - group.cursor
+                    backlog = len(topics.get(group.topic, ())) - group.cursor
                     counts[name] = backlog + len(group.pending)
+                elif name in readers:  # registered, never fetched: all of its topic waits
+                    counts[name] = len(topics.get(readers[name].topic, ()))
             return counts
 
     async def apeek(self, state_id: str) -> list[Message]:
