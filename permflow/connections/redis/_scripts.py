@@ -66,6 +66,22 @@ local wanted = {}
 for i = 6, #ARGV, 2 do wanted[#wanted + 1] = string.sub(ARGV[i], 2) end
 local missing = undeclared(wanted)
 if missing then return missing end
+local c = compact_form(false)
+if c then
+  -- A compact run is rebuilt only for a process it does not know yet.
+  local new = false
+  for i = 5, #ARGV, 2 do
+    local spec = c.reg[ARGV[i]]
+    if spec and spec ~= ARGV[i + 1] then return {ARGV[i], spec} end
+    if not spec then new = true end
+  end
+  if not new then
+    redis.call('DEL', KEYS[6])
+    return {}
+  end
+  missing = expand()
+  if missing then return missing end
+end
 -- KEYS[6]: the stop mark. A run starting here is no longer stopped.
 redis.call('DEL', KEYS[6])
 local names = {}
@@ -121,11 +137,12 @@ PUBLISH = (
     PRELUDE
     + STORE_LIB
     + """
-local missing = undeclared(message_topics({}, 5))
+local missing = expand() or undeclared(message_topics({}, 5))
 if missing then return missing end
 local ids = store(5, {})
 changed()
 touch()
+settle()
 return ids
 """
 )
@@ -136,19 +153,25 @@ REPUBLISH = (
     PRELUDE
     + STORE_LIB
     + """
-local missing = undeclared(message_topics({}, 5))
+local missing = expand() or undeclared(message_topics({}, 5))
 if missing then return missing end
 local ids = find_stored(5, '-', 1000)
 if ids then return ids end
 ids = store(5, {})
 changed()
 touch()
+settle()
 return ids
 """
 )
 
 _COMMIT_LIB = """
 local function commit(again)
+  -- Sent again: what the first send did may have been made compact since.
+  if again then
+    local missing = expand()
+    if missing then return missing end
+  end
   local process, topic, owner = ARGV[5], ARGV[6], ARGV[7]
   local n = tonumber(ARGV[10])
   local stream = tkey(topic)
@@ -195,6 +218,7 @@ local function commit(again)
   for r = j + 3, last do
     for _, x in ipairs(fetch(ARGV[r], owner, lease, 0, released)) do reply[#reply + 1] = x end
   end
+  settle()
   return reply
 end
 """
@@ -240,7 +264,9 @@ local function ack_fetch(again)
   else
     return false
   end
-  return fetch(process, owner, lease, limit, released)
+  local reply = fetch(process, owner, lease, limit, released)
+  settle()
+  return reply
 end
 """
 
@@ -359,6 +385,7 @@ for k = 1, #specs, 2 do
 end
 changed()
 touch()
+settle()
 return moved
 """
 )
@@ -430,6 +457,7 @@ local ok, missing = pcall(undeclared, {})
 if ok and missing then return missing end
 redis.call('SET', KEYS[6], ARGV[5])
 redis.pcall('XADD', CHG, 'MAXLEN', '~', 32, '*', 'c', '')
+if is_compact() then redis.pcall('XTRIM', CHG, 'MAXLEN', 0) end
 if ttl > 0 then redis.call('PEXPIRE', KEYS[6], ttl) end
 pcall(touch)
 return 1
