@@ -265,11 +265,8 @@ class RedisRuns(RedisCore):
         bound = await self._ready()
         with self._failures(f"waiting for changes of state id {state_id!r}"):
             reply = await bound.client.xread({keys[4]: since}, count=1, block=block)
-        entries = [entry for _, batch in codec.streams(reply) for entry in batch]
-        if entries:
-            _seen.set((id(self), args[0], entries[-1][0]))
-        elif reply:  # the run was made compact: its change stream was emptied
-            _seen.set((id(self), args[0], b"0-0"))
+        if reply:
+            _seen.set((id(self), args[0], reply[0][1][-1][0]))
 
     async def adelete(self, state_id: str) -> None:
         keys, args = self._keys(state_id)

@@ -12,7 +12,8 @@ from ._compact import COMPACT_LIB
 
 __all__ = ["FETCH_LIB", "PRELUDE", "STORE_LIB"]
 
-PRELUDE = """
+PRELUDE = (
+    """
 local base, ttl, fmt, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local LOG, COUNT, REG, TOPICS, CHG = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ALL = 1000000000
@@ -101,7 +102,9 @@ local function owned(stream, process, owner)
   for _, p in ipairs(held) do ids[#ids + 1] = p[1] end
   return ids
 end
-""" + COMPACT_LIB
+"""
+    + COMPACT_LIB
+)
 
 STORE_LIB = """
 -- Trim a topic stream only below what every reader has finished with.

@@ -457,7 +457,6 @@ local ok, missing = pcall(undeclared, {})
 if ok and missing then return missing end
 redis.call('SET', KEYS[6], ARGV[5])
 redis.pcall('XADD', CHG, 'MAXLEN', '~', 32, '*', 'c', '')
-if is_compact() then redis.pcall('XTRIM', CHG, 'MAXLEN', 0) end
 if ttl > 0 then redis.call('PEXPIRE', KEYS[6], ttl) end
 pcall(touch)
 return 1
