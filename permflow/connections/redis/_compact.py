@@ -9,8 +9,8 @@ consumer groups, reader sets and counts are then dropped, and the log key
                           then per log entry: id, field count, fields...
 
 The change stream ``B:chg`` stays with its last entry only (so a driver that
-saw an earlier change finds a newer one and stops waiting), rewritten
-(``DUMP``/``RESTORE``) to its own size. A compact run costs one short string
+saw an earlier change finds a newer one and stops waiting), copied
+(``COPY``) so that its node takes its own size. A compact run costs one short string
 and one one-entry stream, about 1.5 KB, instead of a dozen keys and streams
 whose first node alone takes about 4 KB each.
 
@@ -182,14 +182,18 @@ local function settle()
   redis.call('DEL', LOG, COUNT, REG, TOPICS)
   redis.call('SET', LOG, table.concat(parts))
   -- The change that wakes waiting drivers, kept alone: a reader that saw an
-  -- earlier change still finds a newer one. Dumped and restored, its node takes
-  -- its size, not the 4 KB an appended-to node is given.
+  -- earlier change still finds a newer one. Copied (through REG, deleted above
+  -- and declared by every script), its node takes its size, not the 4 KB an
+  -- appended-to node is given.
   redis.call('XADD', CHG, '*', 'c', '')
   redis.call('XTRIM', CHG, 'MAXLEN', 1)
-  local dump = redis.call('DUMP', CHG)
-  redis.call('DEL', CHG)
-  redis.call('RESTORE', CHG, math.max(ttl, 0), dump)
-  if ttl > 0 then redis.call('PEXPIRE', LOG, ttl) end
+  redis.call('RENAME', CHG, REG)
+  redis.call('COPY', REG, CHG)
+  redis.call('DEL', REG)
+  if ttl > 0 then
+    redis.call('PEXPIRE', LOG, ttl)
+    redis.call('PEXPIRE', CHG, ttl)
+  end
 end
 """.replace("@COMPACT_MAX@", str(COMPACT_MAX))
 
