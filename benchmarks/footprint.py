@@ -5,6 +5,8 @@ On a redis-server of this benchmark's own (no persistence), 10,000 runs of a
 invoked, each with a state id of its own and kept. Figure: growth of
 ``INFO memory`` ``used_memory`` divided by the number of runs. Then 1,000 of the
 same runs get 4 more inputs each (16 more messages): the growth per message.
+And 1,000 runs of the same chain with one more process registered on topic
+``b`` that never reads it: what a run with unfinished work costs (stream form).
 Also the keys one finished run keeps, with ``MEMORY USAGE`` of each.
 
 Results go to ``benchmarks/footprint.json`` and ``benchmarks/footprint.md``.
@@ -23,7 +25,7 @@ import anyio
 import redis
 
 from benchmarks.faults import Server
-from permflow import PubSub, RedisPubSubConnection, Topic
+from permflow import PubSub, RedisPubSubConnection, Subscription, Topic
 
 RUNS = 10_000
 MORE_RUNS = 1_000
@@ -60,6 +62,12 @@ async def invoke_all(pubsub: PubSub, inputs: list[tuple[str, int]]) -> None:
             tg.start_soon(one, state_id, x)
 
 
+async def register_idle(conn: RedisPubSubConnection, state_ids: list[str]) -> None:
+    """Register a process reading topic b that nothing will drive, in each run."""
+    for state_id in state_ids:
+        await conn.register(state_id, [Subscription("idle", "b")])
+
+
 def measure(url: str, runs: int, more_runs: int) -> dict[str, Any]:
     prefix = "bench-footprint"
     client = redis.Redis.from_url(url)
@@ -77,6 +85,12 @@ def measure(url: str, runs: int, more_runs: int) -> dict[str, Any]:
         anyio.run(invoke_all, pubsub, inputs)
         grown = used_memory(client)
         per_message = (grown - after) / (more_runs * MORE_INPUTS * 4)
+        # the same runs, but a process registered on topic b never reads it: unfinished
+        open_ids = [f"open-{i}" for i in range(more_runs)]
+        anyio.run(register_idle, conn, open_ids)
+        registered = used_memory(client)
+        anyio.run(invoke_all, pubsub, [(state_id, 1) for state_id in open_ids])
+        per_open_run = (used_memory(client) - registered) / more_runs
         keys = {
             key.decode(): int(client.memory_usage(key) or 0)
             for key in client.scan_iter(match=f"{{{prefix}:run-{runs - 1}}}*")
@@ -89,6 +103,7 @@ def measure(url: str, runs: int, more_runs: int) -> dict[str, Any]:
         "runs": runs,
         "bytes_per_run": round(per_run),
         "bytes_per_message": round(per_message),
+        "bytes_per_unfinished_run": round(per_open_run),
         "keys_of_one_run": keys,
         "runs_per_second": round(runs / seconds),
         "redis_version": info["redis_version"],
@@ -107,7 +122,8 @@ def main() -> None:
         server.close()
     print(
         f"a finished 3-step run of 4 messages: {result['bytes_per_run']} B; "
-        f"each further message: {result['bytes_per_message']} B; keys: {result['keys_of_one_run']}"
+        f"each further message: {result['bytes_per_message']} B; unfinished (stream form): "
+        f"{result['bytes_per_unfinished_run']} B; keys: {result['keys_of_one_run']}"
     )
     if result["bytes_per_run"] > BUDGET:
         raise SystemExit(f"a finished run costs {result['bytes_per_run']} B, over the {BUDGET} B budget")
@@ -125,6 +141,8 @@ def main() -> None:
         "|---|---|",
         f"| a finished 3-step run of 4 small messages, kept | {result['bytes_per_run']:,} |",
         f"| each further message of a kept run | {result['bytes_per_message']:,} |",
+        "| the same run with a message some process has not finished (stream form) "
+        f"| {result['bytes_per_unfinished_run']:,} |",
         "",
         "Keys one finished run keeps (`MEMORY USAGE`):",
         "",

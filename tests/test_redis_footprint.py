@@ -282,3 +282,29 @@ async def test_a_compact_run_is_summarised_expired_and_deleted_like_any(
 
 def msg(topic: str, value: Any) -> Message:
     return Message(topic, value, "", time.time(), "", 0, ())
+
+
+async def test_streams_a_fan_out_finished_with_are_trimmed_while_the_run_goes_on(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A 20,000-item fan-out in a run that goes on: every stream ends within max_stream_length=1000."""
+    fan = Topic("fan")
+    processes = (
+        Topic.IN.subscribe() | fan.publish_each(),
+        fan.subscribe() | (lambda x: x + 1) | Topic.OUT.publish(),
+    )
+    async with (
+        RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, max_stream_length=1000) as conn,
+        raw_client(redis_url) as raw,
+    ):
+        await conn.register("f", [Subscription("idle", "other")])
+        await conn.publish("f", [msg("other", "never read: the run is not finished")])
+        pubsub = PubSub(*processes, connection=conn)
+        with anyio.fail_after(120):
+            assert len(await pubsub.ainvoke(list(range(20_000)), {"state_id": "f"})) == 20_000
+        keys = await run_keys(raw, redis_prefix, "f")
+        streams = [k for k, t in keys.items() if t == b"stream"]
+        assert f"{{{redis_prefix}:f}}:t:fan" in streams  # not compact
+        for stream in streams:
+            assert await raw.xlen(stream) <= 1000, stream
+        assert len(await conn.apeek("f")) == 1000

@@ -117,12 +117,10 @@ local function log_after(after, count)
   end)
   return out
 end
--- Is every message of the run finished by every process that reads it? Only
--- topics whose keys were declared can be checked: otherwise, not known (false).
+-- Has every process that reads one of ``topics`` finished every message of it
+-- (nothing unread, nothing pending)? Only topics whose keys were declared can
+-- be checked: otherwise, not known (false).
 local function finished(topics)
-  for _, n in ipairs(redis.call('HVALS', COUNT)) do
-    if tonumber(n) > 0 then return false end
-  end
   for _, topic in ipairs(topics) do
     local stream = tkey(topic)
     if not (DECLARED[stream] and DECLARED[rkey(topic)]) then return false end
@@ -143,6 +141,10 @@ end
 -- finished beyond max_stream_length). Called at the end of scripts that may
 -- finish a run; does nothing otherwise.
 local function settle()
+  -- the counts first: the cheap check that rules out a run going on
+  for _, left in ipairs(redis.call('HVALS', COUNT)) do
+    if tonumber(left) > 0 then return end
+  end
   if redis.call('TYPE', LOG).ok ~= 'stream' then return end
   local topics = redis.call('SMEMBERS', TOPICS)
   if not finished(topics) then return end

@@ -95,24 +95,13 @@ local function before(a, b)
   local bm, bs = parse(b)
   return am < bm or (am == bm and as < bs)
 end
-local function owned(stream, process, owner)
-  local held = redis.pcall('XPENDING', stream, process, '-', '+', ALL, owner)
-  local ids = {}
-  if held.err then return ids end
-  for _, p in ipairs(held) do ids[#ids + 1] = p[1] end
-  return ids
-end
-"""
-    + COMPACT_LIB
-)
-
-STORE_LIB = """
--- Trim a topic stream only below what every reader has finished with.
+-- Trim a topic stream longer than max_stream_length, only below what every
+-- reader has finished with (after an append, and after its readers ack).
 local function trim(stream)
   if redis.call('XLEN', stream) <= maxlen then return end
   local groups = redis.call('XINFO', 'GROUPS', stream)
   if #groups == 0 then
-    redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+    redis.call('XTRIM', stream, 'MAXLEN', maxlen)
     return
   end
   local keep
@@ -128,8 +117,20 @@ local function trim(stream)
     end
     if keep == nil or before(need, keep) then keep = need end
   end
-  redis.call('XTRIM', stream, 'MINID', '~', keep)
+  redis.call('XTRIM', stream, 'MINID', keep)
 end
+local function owned(stream, process, owner)
+  local held = redis.pcall('XPENDING', stream, process, '-', '+', ALL, owner)
+  local ids = {}
+  if held.err then return ids end
+  for _, p in ipairs(held) do ids[#ids + 1] = p[1] end
+  return ids
+end
+"""
+    + COMPACT_LIB
+)
+
+STORE_LIB = """
 -- The log ids of messages ARGV[i..] (as ``store`` takes them) if they were
 -- stored already: one script stores a call's messages as consecutive log
 -- entries, and an entry's published_at, topic and payload identify it. Looks
@@ -168,7 +169,7 @@ local function store(i, recount)
                     's', fmt, 'v', ARGV[j + 1]}
     local id
     if maxlen > 0 then
-      id = redis.call('XADD', LOG, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+      id = redis.call('XADD', LOG, 'MAXLEN', maxlen, '*', unpack(fields))
     else
       id = redis.call('XADD', LOG, '*', unpack(fields))
     end

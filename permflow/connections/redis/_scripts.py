@@ -13,6 +13,11 @@ hash tag, so every key of a run lives in one slot)::
     B:failed     string   JSON failure record of the run (workers)
     B:stop       string   set when a client asked the workers to stop the run
 
+Once every process has finished every message, the run is made compact
+(``_compact``): ``B:log`` becomes a string holding the log and ``B:reg``,
+``B:chg`` keeps one entry, and the other keys are deleted. Scripts that store
+something rebuild it first (``expand``); the others read it as it is.
+
 Every script gets ``KEYS = [log, n, reg, topics, chg, (mark,) B:t:<topic>,
 B:r:<topic> ...]`` and ``ARGV = [B, ttl_ms, serializer, max_stream_length,
 ...]``. A script touches only declared keys: one that would touch a topic whose
@@ -196,6 +201,7 @@ local function commit(again)
   if ok then
     chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
     uncount(process, n)
+    if maxlen > 0 then trim(stream) end
     local recount = {}
     for r = j + 3, last do recount[ARGV[r]] = true end
     stored = store(11 + n, recount)
@@ -255,6 +261,7 @@ local function ack_fetch(again)
   if ok then
     chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
     uncount(process, n)
+    if maxlen > 0 then trim(stream) end
     changed()
     touch()
   elseif again then
