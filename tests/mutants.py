@@ -254,6 +254,31 @@ MUTANTS: tuple[Mutant, ...] = (
         "a value the JSON serializer cannot store is refused before anything is committed",
         ("tests/test_serialization.py", REDIS),
     ),
+    # -- the compact form of finished Redis runs ---------------------------------------
+    Mutant(
+        "compact_off",
+        "permflow/connections/redis/_compact.py",
+        "  if not finished(topics) then return end",
+        "  if true then return end",
+        "a finished run is made compact: two small keys, no consumers left",
+        ("tests/test_redis_footprint.py",),
+    ),
+    Mutant(
+        "expand_redelivers",
+        "permflow/connections/redis/_compact.py",
+        "redis.call('XGROUP', 'CREATE', tkey(topic), process, '$', 'MKSTREAM')",
+        "redis.call('XGROUP', 'CREATE', tkey(topic), process, '0', 'MKSTREAM')",
+        "a compact run used again delivers nothing twice: its processes had finished everything",
+        ("tests/test_redis_footprint.py",),
+    ),
+    Mutant(
+        "compact_drops_new_readers_backlog",
+        "permflow/connections/redis/_compact.py",
+        "    redis.call('XADD', tkey(field(fields, 't')), id, 'l', id, unpack(fields))\n",
+        "",
+        "a process added to a compact run reads its topic from the beginning",
+        ("tests/test_redis_footprint.py",),
+    ),
     # -- fetch-ahead (a commit fetches for the readers of what it stored) --------------
     Mutant(
         "fetch_ahead_kept",

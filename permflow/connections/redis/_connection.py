@@ -42,10 +42,12 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
     runs. Values are stored with ``serializer`` (``"json"``, safe; ``"pickle"``
     only if everyone who can write to this Redis is trusted). ``ttl`` (seconds)
     expires a state id after that long without activity. ``max_stream_length``
-    trims the log of each state id to about that many entries (``peek`` then
-    shows only the latest ones) and trims topic streams only below what every
-    reader has finished with (a process registered later then misses what was
-    trimmed).
+    trims the log of each state id to that many entries (``peek`` then shows
+    only the latest ones) and topic streams longer than that only below what
+    every reader has finished with, after each append and ack (a process
+    registered later then misses what was trimmed). A run whose processes have finished every message is kept
+    compact (its log in one string, about 1 KB for a small run) and rebuilt
+    when it is invoked again.
 
     Cached step results (``Runnable.with_cache``) are stored with the same
     ``serializer``, one key per entry (``{prefix}:cache:...``, spread over a

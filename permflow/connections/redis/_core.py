@@ -19,9 +19,10 @@ import anyio.to_thread
 
 from ..._errors import ConfigError, ConnectionFailedError
 from ..._message import Message
-from ..._serialization import Serializer, resolve_serializer
+from ..._serialization import CorruptEntryError, Serializer, resolve_serializer
 from .._base import PubSubConnection
 from . import _codec as codec
+from . import _compact as compact
 from . import _scripts as lua
 from ._client import Bound
 from ._failures import convert
@@ -282,16 +283,45 @@ class RedisCore(PubSubConnection):
 
     async def _read_log_from(self, state_id: str, start: str) -> list[Message]:
         """The log of ``state_id`` from entry ``start`` (``-``: the first) on."""
+        from redis.exceptions import ResponseError
+
         keys, _ = self._keys(state_id)
         bound = await self._ready()
         messages: list[Message] = []
         while True:
-            with self._failures(f"reading the log of state id {state_id!r}"):
-                batch = await bound.client.xrange(keys[0], min=start, max="+", count=1000)
+            try:
+                with self._failures(f"reading the log of state id {state_id!r}"):
+                    batch = await bound.client.xrange(keys[0], min=start, max="+", count=1000)
+            except Exception as exc:
+                if not (isinstance(exc.__cause__, ResponseError) and "WRONGTYPE" in str(exc.__cause__)):
+                    raise
+                # a finished run, made compact (its log is one string)
+                return messages + await self._read_compact_log(bound, state_id, start)
             messages += (self._decode(keys[0], eid, codec.flat(fields), state_id) for eid, fields in batch)
             if len(batch) < 1000:
                 return messages
             start = "(" + codec.text(batch[-1][0])
+
+    async def _read_compact_log(self, bound: Bound, state_id: str, start: str) -> list[Message]:
+        """The log of a compact run from entry ``start`` on (``-``, or ``(`` and an id)."""
+        key = self._keys(state_id)[0][0]
+        with self._failures(f"reading the log of state id {state_id!r}"):
+            blob = await bound.client.get(key)
+        if blob is None:  # expanded again meanwhile: read it as a stream
+            return await self._read_log_from(state_id, start)
+        try:
+            _, entries = compact.parse(blob)
+        except (ValueError, IndexError) as exc:
+            raise CorruptEntryError(
+                f"Redis key {key!r} holds neither a permflow log nor a compact run ({exc}); "
+                "something else wrote to it"
+            ) from exc
+        after = None if start == "-" else codec.id_key(start.lstrip("("))
+        return [
+            self._decode(key, eid, fields, state_id)
+            for eid, fields in entries
+            if after is None or codec.id_key(codec.text(eid)) > after
+        ]
 
     async def aclose(self) -> None:
         """Close the clients this connection made (a client you passed in stays

@@ -8,9 +8,12 @@ deliveries to an owner. A script is the concatenation of the pieces it uses.
 
 from __future__ import annotations
 
+from ._compact import COMPACT_LIB
+
 __all__ = ["FETCH_LIB", "PRELUDE", "STORE_LIB"]
 
-PRELUDE = """
+PRELUDE = (
+    """
 local base, ttl, fmt, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local LOG, COUNT, REG, TOPICS, CHG = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local ALL = 1000000000
@@ -83,16 +86,6 @@ local function give_back(stream, process, owner, released)
     claim(stream, process, released, {p[1]}, {'IDLE', 0, 'RETRYCOUNT', p[4] - 1, 'JUSTID'})
   end
 end
-local function owned(stream, process, owner)
-  local held = redis.pcall('XPENDING', stream, process, '-', '+', ALL, owner)
-  local ids = {}
-  if held.err then return ids end
-  for _, p in ipairs(held) do ids[#ids + 1] = p[1] end
-  return ids
-end
-"""
-
-STORE_LIB = """
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -102,12 +95,13 @@ local function before(a, b)
   local bm, bs = parse(b)
   return am < bm or (am == bm and as < bs)
 end
--- Trim a topic stream only below what every reader has finished with.
+-- Trim a topic stream longer than max_stream_length, only below what every
+-- reader has finished with (after an append, and after its readers ack).
 local function trim(stream)
   if redis.call('XLEN', stream) <= maxlen then return end
   local groups = redis.call('XINFO', 'GROUPS', stream)
   if #groups == 0 then
-    redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+    redis.call('XTRIM', stream, 'MAXLEN', maxlen)
     return
   end
   local keep
@@ -123,8 +117,20 @@ local function trim(stream)
     end
     if keep == nil or before(need, keep) then keep = need end
   end
-  redis.call('XTRIM', stream, 'MINID', '~', keep)
+  redis.call('XTRIM', stream, 'MINID', keep)
 end
+local function owned(stream, process, owner)
+  local held = redis.pcall('XPENDING', stream, process, '-', '+', ALL, owner)
+  local ids = {}
+  if held.err then return ids end
+  for _, p in ipairs(held) do ids[#ids + 1] = p[1] end
+  return ids
+end
+"""
+    + COMPACT_LIB
+)
+
+STORE_LIB = """
 -- The log ids of messages ARGV[i..] (as ``store`` takes them) if they were
 -- stored already: one script stores a call's messages as consecutive log
 -- entries, and an entry's published_at, topic and payload identify it. Looks
@@ -163,7 +169,7 @@ local function store(i, recount)
                     's', fmt, 'v', ARGV[j + 1]}
     local id
     if maxlen > 0 then
-      id = redis.call('XADD', LOG, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+      id = redis.call('XADD', LOG, 'MAXLEN', maxlen, '*', unpack(fields))
     else
       id = redis.call('XADD', LOG, '*', unpack(fields))
     end
@@ -190,7 +196,11 @@ FETCH_LIB = """
 local function fetch(process, owner, lease, limit, released)
   local spec = redis.call('HGET', REG, process)
   if not spec then
-    if redis.call('EXISTS', REG) == 0 then return {'-', '', ''} end
+    local c = compact_form(false)
+    -- a compact run: every process has finished everything
+    local known = c and c.reg[process]
+    if known then return {string.sub(known, 1, 1), string.sub(known, 2), ''} end
+    if not c and redis.call('EXISTS', REG) == 0 then return {'-', '', ''} end
     return {'?', '', ''}
   end
   local mode, topic = string.sub(spec, 1, 1), string.sub(spec, 2)

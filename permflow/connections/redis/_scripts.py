@@ -13,6 +13,11 @@ hash tag, so every key of a run lives in one slot)::
     B:failed     string   JSON failure record of the run (workers)
     B:stop       string   set when a client asked the workers to stop the run
 
+Once every process has finished every message, the run is made compact
+(``_compact``): ``B:log`` becomes a string holding the log and ``B:reg``,
+``B:chg`` keeps one entry, and the other keys are deleted. Scripts that store
+something rebuild it first (``expand``); the others read it as it is.
+
 Every script gets ``KEYS = [log, n, reg, topics, chg, (mark,) B:t:<topic>,
 B:r:<topic> ...]`` and ``ARGV = [B, ttl_ms, serializer, max_stream_length,
 ...]``. A script touches only declared keys: one that would touch a topic whose
@@ -66,6 +71,22 @@ local wanted = {}
 for i = 6, #ARGV, 2 do wanted[#wanted + 1] = string.sub(ARGV[i], 2) end
 local missing = undeclared(wanted)
 if missing then return missing end
+local c = compact_form(false)
+if c then
+  -- A compact run is rebuilt only for a process it does not know yet.
+  local new = false
+  for i = 5, #ARGV, 2 do
+    local spec = c.reg[ARGV[i]]
+    if spec and spec ~= ARGV[i + 1] then return {ARGV[i], spec} end
+    if not spec then new = true end
+  end
+  if not new then
+    redis.call('DEL', KEYS[6])
+    return {}
+  end
+  missing = expand()
+  if missing then return missing end
+end
 -- KEYS[6]: the stop mark. A run starting here is no longer stopped.
 redis.call('DEL', KEYS[6])
 local names = {}
@@ -121,11 +142,12 @@ PUBLISH = (
     PRELUDE
     + STORE_LIB
     + """
-local missing = undeclared(message_topics({}, 5))
+local missing = expand() or undeclared(message_topics({}, 5))
 if missing then return missing end
 local ids = store(5, {})
 changed()
 touch()
+settle()
 return ids
 """
 )
@@ -136,19 +158,25 @@ REPUBLISH = (
     PRELUDE
     + STORE_LIB
     + """
-local missing = undeclared(message_topics({}, 5))
+local missing = expand() or undeclared(message_topics({}, 5))
 if missing then return missing end
 local ids = find_stored(5, '-', 1000)
 if ids then return ids end
 ids = store(5, {})
 changed()
 touch()
+settle()
 return ids
 """
 )
 
 _COMMIT_LIB = """
 local function commit(again)
+  -- Sent again: what the first send did may have been made compact since.
+  if again then
+    local missing = expand()
+    if missing then return missing end
+  end
   local process, topic, owner = ARGV[5], ARGV[6], ARGV[7]
   local n = tonumber(ARGV[10])
   local stream = tkey(topic)
@@ -173,6 +201,7 @@ local function commit(again)
   if ok then
     chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
     uncount(process, n)
+    if maxlen > 0 then trim(stream) end
     local recount = {}
     for r = j + 3, last do recount[ARGV[r]] = true end
     stored = store(11 + n, recount)
@@ -195,6 +224,7 @@ local function commit(again)
   for r = j + 3, last do
     for _, x in ipairs(fetch(ARGV[r], owner, lease, 0, released)) do reply[#reply + 1] = x end
   end
+  settle()
   return reply
 end
 """
@@ -231,6 +261,7 @@ local function ack_fetch(again)
   if ok then
     chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
     uncount(process, n)
+    if maxlen > 0 then trim(stream) end
     changed()
     touch()
   elseif again then
@@ -240,7 +271,9 @@ local function ack_fetch(again)
   else
     return false
   end
-  return fetch(process, owner, lease, limit, released)
+  local reply = fetch(process, owner, lease, limit, released)
+  settle()
+  return reply
 end
 """
 
@@ -359,6 +392,7 @@ for k = 1, #specs, 2 do
 end
 changed()
 touch()
+settle()
 return moved
 """
 )

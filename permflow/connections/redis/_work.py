@@ -29,6 +29,7 @@ from ..._message import Message
 from ..._serialization import CorruptEntryError
 from .._base import Claim, Progress
 from . import _codec as codec
+from . import _compact as compact
 from ._core import RedisCore, forget
 from ._runs import _seen
 
@@ -295,10 +296,35 @@ class RedisWork(RedisCore):
                 pipe.get(self._mark_key(state_id, "failed"))
             with self._failures(f"summarising runs under prefix {self.prefix!r}"):
                 replies = await pipe.execute(raise_on_error=False)
+                await self._compact_lasts(bound, chunk, replies)
             for k, state_id in enumerate(chunk):
                 summaries.append(self._summary(state_id, replies[4 * k : 4 * k + 4], RedisError))
         summaries.sort(key=lambda s: cast(float, s["updated_at"]), reverse=True)
         return summaries
+
+    async def _compact_lasts(self, bound: Any, state_ids: list[str], replies: list[Any]) -> None:
+        """Put the last log entry of each compact run (whose log is a string) in
+        ``replies`` where the summary pipeline's XREVRANGE of its log failed."""
+        from redis.exceptions import ResponseError
+
+        compact_ones = [
+            k
+            for k in range(len(state_ids))
+            if isinstance(replies[4 * k + 2], ResponseError) and "WRONGTYPE" in str(replies[4 * k + 2])
+        ]
+        if not compact_ones:
+            return
+        pipe = bound.client.pipeline(transaction=False)
+        for k in compact_ones:
+            pipe.get(self._keys(state_ids[k])[0][0])
+        blobs = await pipe.execute(raise_on_error=False)
+        for k, blob in zip(compact_ones, blobs, strict=True):
+            try:
+                entries = compact.parse(blob)[1] if isinstance(blob, bytes) else []
+            except (ValueError, IndexError) as exc:
+                replies[4 * k + 2] = exc
+                continue
+            replies[4 * k + 2] = entries[-1:]
 
     def _summary(self, state_id: str, replies: list[Any], errors: type[Exception]) -> dict[str, object]:
         summary: dict[str, object] = {

@@ -102,9 +102,7 @@ return 1
 PROGRESS = (
     PRELUDE
     + """
-local start = '-'
-if ARGV[5] ~= '' then start = '(' .. ARGV[5] end
-local reply = {redis.call('XRANGE', LOG, start, '+', 'COUNT', 1000)}
+local reply = {log_after(ARGV[5], 1000)}
 reply[2] = redis.call('GET', KEYS[6])
 local last = redis.call('XREVRANGE', CHG, '+', '-', 'COUNT', 1)
 reply[3] = ''
