@@ -23,7 +23,9 @@ connection is handled as above. redis-py's own resending is bypassed (calls
 name their node), so no call is ever executed twice by accident.
 
 With ``replicas=N`` (``_replication``), a batch that holds a durable write ends
-with ``WAIT`` on the same connection, sent and answered in the same round trip.
+with ``WAIT`` on the same connection, sent and answered in the same round trip;
+on a cluster, each durable script and its ``WAIT`` share one connection to the
+slot's primary (``_cluster_wait``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import anyio
 from ..._errors import ConfigError
 from . import _scripts as lua
 from . import _work_scripts as work_lua
+from ._cluster_wait import call_and_wait
 from ._replication import DURABLE, Replication
 
 if TYPE_CHECKING:
@@ -236,6 +239,11 @@ class Bound:
         deadline = self.loop.time() + _CLUSTER_RETRY_SECONDS
         resent = loaded = False
         async with self._slots:
+            if self._replication is not None and name in DURABLE:  # WAIT on its connection
+                return await call_and_wait(
+                    self, name, keys, args,
+                    replication=self._replication, reconnects=self._reconnects, deadline=deadline,
+                )  # fmt: skip
             while True:
                 try:
                     await client.initialize()  # after a failure, the client maps the slots anew
