@@ -5,7 +5,9 @@ fresh temporary directory, with nothing persisted, so a test can stop, restart,
 freeze (SIGSTOP) and thaw (SIGCONT) it, or drop its client connections, without
 touching the shared server other tests use. ``RedisServer(replica_of=primary)``
 starts a replica of another one, which ``promote`` turns into a primary (a
-failover, after ``kill`` of the primary). Every process it starts is stopped by
+failover, after ``kill`` of the primary). ``RedisClusterServers`` starts a real
+Redis Cluster (its nodes in parallel), with replicas if asked, whose nodes a
+test can freeze or kill (``signal``). Every process started here is stopped by
 its pid.
 
 ``CuttingProxy`` forwards TCP connections to a server and, once armed, cuts the
@@ -375,6 +377,8 @@ class RedisClusterServers:
                 if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
                     return False
         for primary, replicas in self.shards().items():
+            if primary not in self.running():
+                return False  # not yet replaced
             alive = [port for port in replicas if port in self.running()]
             with self.admin(primary) as client:
                 info = client.info("replication")
@@ -396,7 +400,8 @@ class RedisClusterServers:
         return [port for port, process in self.processes.items() if process.poll() is None]
 
     def shards(self) -> dict[int, list[int]]:
-        """Each primary's port and the ports of its replicas, as the cluster reports them."""
+        """Each primary (serving slots) and the ports of its replicas, as the first
+        running node reports them."""
         alive = self.running()
         with self.admin(alive[0]) as client:
             nodes = client.execute_command("CLUSTER", "NODES")
@@ -407,7 +412,7 @@ class RedisClusterServers:
         for row in rows:
             ids[row[0]] = int(row[1].split("@")[0].rsplit(":", 1)[1])
         for row in rows:
-            if "master" in row[2] and "fail" not in row[2]:
+            if "master" in row[2] and "fail" not in row[2] and len(row) > 8:  # serving slots
                 primaries.setdefault(ids[row[0]], [])
         for row in rows:
             if "slave" in row[2] and ids.get(row[3]) in primaries:
