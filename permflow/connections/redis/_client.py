@@ -31,6 +31,7 @@ slot's primary (``_cluster_wait``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -122,6 +123,17 @@ class Bound:
         self._kept: Any = None
         self._reconnects = reconnects
         self._replication = replication
+
+    async def aclose(self) -> None:
+        """Close the client's connections. A cluster client whose last call failed
+        on a lost node (it means to map the slots anew) skips its own closing, so
+        its nodes are closed here as well."""
+        await self.client.aclose()
+        if self.cluster:
+            manager = self.client.nodes_manager
+            for nodes in ("nodes_cache", "startup_nodes"):
+                with contextlib.suppress(Exception):  # a node already gone: nothing to close
+                    await manager.aclose(nodes)
 
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if not self._direct and self._sender is None:
