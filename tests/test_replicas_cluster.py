@@ -13,7 +13,7 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -29,12 +29,14 @@ from permflow import (
     Delivery,
     Message,
     PubSub,
+    PubSubConnection,
     RedisPubSubConnection,
     ReplicationError,
     Subscription,
     Topic,
 )
 from permflow.connections.redis import _client, _cluster_wait
+from permflow.testing import ConnectionSuite
 
 pytestmark = pytest.mark.anyio
 
@@ -373,3 +375,30 @@ def test_replicas_on_a_cluster_are_accepted_and_checked() -> None:
     assert "replicas=1" in repr(RedisPubSubConnection(client, replicas=1, replica_timeout=0.2))
     with pytest.raises(ConfigError, match="shorter than socket_timeout"):
         RedisPubSubConnection(client, replicas=1, replica_timeout=1.0)
+
+
+class TestReplicatedClusterConnection(ConnectionSuite):
+    """The conformance suite on the cluster with replicas=1: every durable write waits for the
+    replica of its run's primary."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    async def connection(self, shared: RedisClusterServers, prefix: str) -> AsyncIterator[PubSubConnection]:
+        conn = RedisPubSubConnection.from_url(shared.url, prefix=prefix, lease=5.0, replicas=1)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()
+
+    @pytest.fixture
+    async def lease_connection(
+        self, shared: RedisClusterServers, prefix: str
+    ) -> AsyncIterator[PubSubConnection]:
+        conn = RedisPubSubConnection.from_url(shared.url, prefix=prefix, lease=0.5, replicas=1)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()
