@@ -36,6 +36,7 @@ from permflow import (
     Topic,
 )
 from permflow.connections.redis import _client, _cluster_wait
+from permflow.connections.redis._replication import slot_fence
 from permflow.testing import ConnectionSuite
 
 pytestmark = pytest.mark.anyio
@@ -357,6 +358,24 @@ async def test_a_lost_reply_is_resent_and_waited_for(
     await anyio.to_thread.run_sync(settle, shared)
     assert stored is not None and [m.value for m in stored] == ["committed-1"]
     assert log == ["committed-1", "committed-2"]
+
+
+async def test_fence_keys_are_not_listed_as_runs(shared: RedisClusterServers, prefix: str) -> None:
+    """The fence a resent write leaves in its run's slot (``{prefix:%f<n>}:fence``) is not taken
+    for a state id by ``state_ids()``."""
+    primary = sorted(shared.shards())[0]
+    (sid,) = state_ids_on(shared, primary, 1, prefix)
+    fence = slot_fence(f"{{{prefix}}}:fence", key_slot(f"{prefix}:{sid}".encode()))
+    conn = RedisPubSubConnection.from_url(shared.url, prefix=prefix)
+    try:
+        with anyio.fail_after(10):
+            await conn.publish(sid, [message("in", 1)])
+            with shared.admin(primary) as admin:
+                admin.set(fence, 1, px=10_000)
+                assert admin.exists(fence)  # on the run's primary, in the run's slot
+            assert await conn.astate_ids() == [sid]
+    finally:
+        await conn.aclose()
 
 
 def test_replicas_on_a_cluster_are_accepted_and_checked() -> None:

@@ -196,7 +196,13 @@ class Bound:
         from redis.exceptions import ConnectionError as Dropped
 
         if self.cluster:
-            return list(await asyncio.gather(*(self._cluster_call(*call) for call in calls)))
+            # each call on its own: one failing neither fails the others nor leaves them
+            # running unowned (re-mapping the slots after the client was closed)
+            answers = await asyncio.gather(*(self._cluster_call(*c) for c in calls), return_exceptions=True)
+            for answer in answers:
+                if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                    raise answer
+            return list(answers)
         replies: list[Any] = []
         # the replies of the WAITs that end the batch (durable writes only); a
         # reply lost with its connection is sent again, and so is its WAIT
