@@ -5,7 +5,9 @@ fresh temporary directory, with nothing persisted, so a test can stop, restart,
 freeze (SIGSTOP) and thaw (SIGCONT) it, or drop its client connections, without
 touching the shared server other tests use. ``RedisServer(replica_of=primary)``
 starts a replica of another one, which ``promote`` turns into a primary (a
-failover, after ``kill`` of the primary). Every process it starts is stopped by
+failover, after ``kill`` of the primary). ``RedisClusterServers`` starts a real
+Redis Cluster (its nodes in parallel), with replicas if asked, whose nodes a
+test can freeze or kill (``signal``). Every process started here is stopped by
 its pid.
 
 ``CuttingProxy`` forwards TCP connections to a server and, once armed, cuts the
@@ -304,25 +306,30 @@ class CuttingProxy:
 
 
 class RedisClusterServers:
-    """A real Redis Cluster of ``masters`` primaries (no replicas), each a
-    ``redis-server`` of its own on a free port in one temporary directory.
+    """A real Redis Cluster of ``masters`` primaries, each with ``replicas``
+    replicas, each node a ``redis-server`` of its own on a free port in one
+    temporary directory.
 
-    ``start`` returns once every node reports ``cluster_state:ok``; ``close``
-    stops every node by its pid. ``url`` is the ``redis+cluster://`` URL of the
-    first node (any node finds the others)."""
+    ``start`` returns once every node reports ``cluster_state:ok`` and every
+    replica is in sync with its primary; ``close`` stops every node by its pid.
+    ``url`` is the ``redis+cluster://`` URL of the first node (any node finds
+    the others). ``node_timeout`` (ms) is how long a node may be unreachable
+    before the others call it failed."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, *, replicas: int = 0, node_timeout: int = 5000) -> None:
         binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if binary is None or cli is None:
             raise RuntimeError("redis-server and redis-cli must be on PATH")
         self.binary, self.cli = binary, cli
+        self.replicas = replicas
+        self.node_timeout = node_timeout
         self.dir = tempfile.mkdtemp(prefix="permflow-cluster-")
         self.ports: list[int] = []
-        while len(self.ports) < masters:
+        while len(self.ports) < masters * (1 + replicas):
             port = _cluster_port()
             if port not in self.ports:
                 self.ports.append(port)
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -335,10 +342,11 @@ class RedisClusterServers:
             command = [
                 self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", node_dir,
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no",
+                "--cluster-node-timeout", str(self.node_timeout), "--save", "", "--appendonly", "no",
+                "--repl-diskless-sync-delay", "0",
             ]  # fmt: skip
             quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-            self.processes.append(subprocess.Popen(command, **quiet))
+            self.processes[port] = subprocess.Popen(command, **quiet)
         deadline = time.monotonic() + _READY_SECONDS
         for port in self.ports:
             while not _answers_ping(port):
@@ -347,17 +355,81 @@ class RedisClusterServers:
                     raise RuntimeError(f"redis-server did not start on port {port}")
                 time.sleep(0.02)  # waiting for an external server to listen, not synchronising tests
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        replicas = ["--cluster-replicas", str(self.replicas)]
         subprocess.run(
-            [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            [self.cli, "--cluster", "create", *nodes, *replicas, "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=_READY_SECONDS,
         )  # fmt: skip
-        for port in self.ports:
+        self._wait_until(self.settled, deadline, "reach cluster_state:ok with every replica in sync")
+
+    def _wait_until(self, ready: Any, deadline: float, what: str) -> None:
+        while not ready():
+            if time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"the test cluster did not {what}")
+            time.sleep(0.05)  # waiting for the nodes to agree, not synchronising tests
+
+    def settled(self) -> bool:
+        """Every running node reports ``cluster_state:ok``, and every running
+        primary counts each of its running replicas in a ``WAIT``."""
+        for port in self.running():
             with self.admin(port) as client:
-                while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-                    if time.monotonic() > deadline:
-                        self.close()
-                        raise RuntimeError("the test cluster did not reach cluster_state:ok")
-                    time.sleep(0.05)  # waiting for the nodes to agree, not synchronising tests
+                if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    return False
+        for primary, replicas in self.shards().items():
+            if primary not in self.running():
+                return False  # not yet replaced
+            alive = [port for port in replicas if port in self.running()]
+            with self.admin(primary) as client:
+                info = client.info("replication")
+                online = [
+                    v.get("port") for v in info.values() if isinstance(v, dict) and v.get("state") == "online"
+                ]
+                if sorted(online) != sorted(alive):
+                    return False
+                if not alive:
+                    continue
+                # and they acknowledged a write (after a diskless sync, a primary streams
+                # writes to a replica only once it acknowledged the sync, within a second)
+                client.set(self.key_on(primary), 1, px=1000)
+                if int(client.execute_command("WAIT", len(alive), 100)) < len(alive):
+                    return False
+        return True
+
+    def running(self) -> list[int]:
+        return [port for port, process in self.processes.items() if process.poll() is None]
+
+    def shards(self) -> dict[int, list[int]]:
+        """Each primary (serving slots) and the ports of its replicas, as the first
+        running node reports them."""
+        alive = self.running()
+        with self.admin(alive[0]) as client:
+            nodes = client.execute_command("CLUSTER", "NODES")
+        text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+        ids: dict[str, int] = {}
+        primaries: dict[int, list[int]] = {}
+        rows = [line.split() for line in text.splitlines() if line.strip()]
+        for row in rows:
+            ids[row[0]] = int(row[1].split("@")[0].rsplit(":", 1)[1])
+        for row in rows:
+            if "master" in row[2] and "fail" not in row[2] and len(row) > 8:  # serving slots
+                primaries.setdefault(ids[row[0]], [])
+        for row in rows:
+            if "slave" in row[2] and ids.get(row[3]) in primaries:
+                primaries[ids[row[3]]].append(ids[row[0]])
+        return primaries
+
+    def key_on(self, primary: int, prefix: str = "ready") -> str:
+        """A key (``prefix`` and a number) of a hash slot the node on ``primary`` serves."""
+        from redis.crc import key_slot
+
+        with self.admin(primary) as client:
+            ranges = [(int(r[0]), int(r[1])) for r in client.execute_command("CLUSTER", "SLOTS")
+                      if int(r[2][1]) == primary]  # fmt: skip
+        n = 0
+        while not any(low <= key_slot(f"{prefix}{n}".encode()) <= high for low, high in ranges):
+            n += 1
+        return f"{prefix}{n}"
 
     def admin(self, port: int) -> Any:
         """A plain sync client on one node (close it after use)."""
@@ -365,11 +437,20 @@ class RedisClusterServers:
 
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
 
+    def signal(self, port: int, signum: int) -> None:
+        """Send ``signum`` (SIGSTOP, SIGCONT, SIGKILL) to the node on ``port``, by its pid."""
+        process = self.processes[port]
+        if process.poll() is None:
+            os.kill(process.pid, signum)
+            if signum == signal.SIGKILL:
+                process.wait(_STOP_SECONDS)
+
     def close(self) -> None:
-        """Stop every node by its pid and remove the directory."""
-        processes, self.processes = self.processes, []
+        """Stop every node by its pid (thawing it first) and remove the directory."""
+        processes, self.processes = list(self.processes.values()), {}
         for process in processes:
             if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
                 os.kill(process.pid, signal.SIGTERM)
         for process in processes:
             try:

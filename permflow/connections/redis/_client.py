@@ -23,12 +23,15 @@ connection is handled as above. redis-py's own resending is bypassed (calls
 name their node), so no call is ever executed twice by accident.
 
 With ``replicas=N`` (``_replication``), a batch that holds a durable write ends
-with ``WAIT`` on the same connection, sent and answered in the same round trip.
+with ``WAIT`` on the same connection, sent and answered in the same round trip;
+on a cluster, each durable script and its ``WAIT`` share one connection to the
+slot's primary (``_cluster_wait``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,6 +39,7 @@ import anyio
 from ..._errors import ConfigError
 from . import _scripts as lua
 from . import _work_scripts as work_lua
+from ._cluster_wait import call_and_wait
 from ._replication import DURABLE, Replication
 
 if TYPE_CHECKING:
@@ -120,6 +124,17 @@ class Bound:
         self._reconnects = reconnects
         self._replication = replication
 
+    async def aclose(self) -> None:
+        """Close the client's connections. A cluster client whose last call failed
+        on a lost node (it means to map the slots anew) skips its own closing, so
+        its nodes are closed here as well."""
+        await self.client.aclose()
+        if self.cluster:
+            manager = self.client.nodes_manager
+            for nodes in ("nodes_cache", "startup_nodes"):
+                with contextlib.suppress(Exception):  # a node already gone: nothing to close
+                    await manager.aclose(nodes)
+
     async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if not self._direct and self._sender is None:
             self._direct += 1
@@ -181,7 +196,13 @@ class Bound:
         from redis.exceptions import ConnectionError as Dropped
 
         if self.cluster:
-            return list(await asyncio.gather(*(self._cluster_call(*call) for call in calls)))
+            # each call on its own: one failing neither fails the others nor leaves them
+            # running unowned (re-mapping the slots after the client was closed)
+            answers = await asyncio.gather(*(self._cluster_call(*c) for c in calls), return_exceptions=True)
+            for answer in answers:
+                if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                    raise answer
+            return list(answers)
         replies: list[Any] = []
         # the replies of the WAITs that end the batch (durable writes only); a
         # reply lost with its connection is sent again, and so is its WAIT
@@ -236,6 +257,11 @@ class Bound:
         deadline = self.loop.time() + _CLUSTER_RETRY_SECONDS
         resent = loaded = False
         async with self._slots:
+            if self._replication is not None and name in DURABLE:  # WAIT on its connection
+                return await call_and_wait(
+                    self, name, keys, args,
+                    replication=self._replication, reconnects=self._reconnects, deadline=deadline,
+                )  # fmt: skip
             while True:
                 try:
                     await client.initialize()  # after a failure, the client maps the slots anew

@@ -68,7 +68,9 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
     ``replica_timeout`` seconds (1.0), the call raises ``ReplicationError``: the
     write is stored on the primary, but a failover may lose it. ``replicas=0``
     (the default) does not wait: Redis replicates asynchronously, and a failover
-    may lose the last acknowledged writes. (Not on a Redis Cluster client yet.)
+    may lose the last acknowledged writes. On a Redis Cluster, N replicas of the
+    run's own primary acknowledge (each script and its ``WAIT`` go to that
+    primary on one connection).
     """
 
     def __init__(
@@ -92,9 +94,10 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
         self._replication = replication(
             replicas, replica_timeout, kwargs.get("socket_timeout"), self._fence()
         )
-        if replicas and getattr(client, "connection_pool", None) is None:
+        pooled = isinstance(client, RedisCluster) or getattr(client, "connection_pool", None) is not None
+        if replicas and not pooled:
             raise ConfigError(
-                "replicas= needs a client with one connection pool (redis.asyncio.Redis), "
+                "replicas= needs a redis.asyncio.Redis or redis.asyncio.RedisCluster client, "
                 f"not {type(client).__name__}"
             )
         self._url: str | None = None
@@ -155,11 +158,6 @@ class RedisPubSubConnection(RedisRuns, RedisWork, RedisCache):
         url, self._cluster = cluster_url(url, cluster)
         self._url, self._options, self._given = url, client_options, None
         self._timeout = client_options.get("socket_timeout", SOCKET_TIMEOUT)
-        if self._cluster and replicas:
-            raise ConfigError(
-                "replicas= is not supported on a Redis Cluster yet (WAIT must reach each run's "
-                "primary); use it with one primary and its replicas"
-            )
         self._replication = replication(replicas, replica_timeout, self._timeout, self._fence())
         return self
 

@@ -337,9 +337,9 @@ class RedisCore(PubSubConnection):
             here = None
         for b in bound:
             if b.loop is here:
-                await b.client.aclose()
+                await b.aclose()
             elif b.loop.is_running():  # e.g. the sync API's background loop
-                future = asyncio.run_coroutine_threadsafe(b.client.aclose(), b.loop)
+                future = asyncio.run_coroutine_threadsafe(b.aclose(), b.loop)
                 try:
                     await anyio.to_thread.run_sync(future.result, 5.0)
                 except Exception:

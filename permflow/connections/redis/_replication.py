@@ -21,13 +21,15 @@ connection wrote, on any server version.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from ..._errors import ConfigError, ReplicationError
 
-__all__ = ["DURABLE", "Replication", "Unreplicated", "replication"]
+__all__ = ["DURABLE", "Replication", "Unreplicated", "command", "replication", "slot_fence"]
 
 #: Scripts whose writes a caller is told are stored: a run's registration, its
 #: published input, the commit of a delivery (and the twins sent when a reply
@@ -68,6 +70,11 @@ class Replication:
         """A write of this connection's own, so that a ``WAIT`` after it covers
         everything written before on any connection."""
         return command("SET", self.fence, "1", "PX", 1000)
+
+    def fence_write_in(self, slot: int) -> bytes:
+        """``fence_write`` on a Redis Cluster: a key of hash slot ``slot``, so that it
+        goes to the node (and connection) that wrote the keys of that slot."""
+        return command("SET", slot_fence(self.fence, slot), "1", "PX", 1000)
 
     def confirm(
         self, calls: list[tuple[str, list[str], list[Any]]], replies: list[Any], waits: list[Any]
@@ -136,6 +143,21 @@ def replication(
             "the connection waits for the replicas while reading the reply"
         )
     return Replication(replicas, float(replica_timeout), fence)
+
+
+@functools.lru_cache(maxsize=1024)
+def slot_fence(fence: str, slot: int) -> str:
+    """A key of hash slot ``slot`` for the fence ``{prefix}:fence``:
+    ``{prefix:%f<n>}:fence`` for the first ``n`` that hashes there (``%f`` is no
+    escaped state id, so state id listings leave it out)."""
+    from redis.crc import key_slot
+
+    prefix = fence[1 : fence.index("}")]
+    for n in itertools.count():
+        key = f"{{{prefix}:%f{n}}}:fence"
+        if key_slot(key.encode()) == slot:
+            return key
+    raise AssertionError("unreachable")
 
 
 def command(*parts: object) -> bytes:

@@ -365,7 +365,8 @@ class RedisWork(RedisCore):
         with self._failures(f"listing state ids under prefix {self.prefix!r}"):
             async for key in bound.client.scan_iter(match=pattern, count=500):
                 text = codec.text(key)
-                if text.startswith(start) and "}" in text and not text.startswith(f"{start}%w"):
+                internal = text.startswith((f"{start}%w", f"{start}%f"))  # work streams, fences
+                if text.startswith(start) and "}" in text and not internal:
                     found.add(codec.unescape(text[len(start) : text.index("}")]))
         return sorted(found)
 
