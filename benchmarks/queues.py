@@ -22,9 +22,13 @@ on the trivial pipeline.
 
 Worker setups: permflow — 2 × ``permflow worker --concurrency 100``; Celery —
 2 × ``celery worker --pool solo`` (one process each, prefetch multiplier 64);
-Dramatiq — ``dramatiq --processes 2 --threads 8``; arq — 2 × ``arq`` worker
-(``max_jobs`` 100). The job queues run in their own virtualenvs under
-``benchmarks/.venvs/`` (``requirements-<name>.txt``), created on first use.
+Dramatiq — ``dramatiq --processes 2 --threads 8``; arq — 2 × arq worker
+(``run_worker``, ``max_jobs`` 100, ``poll_delay`` 0.05 s rather than 0.5 s, logging
+at WARNING: arq's CLI logs a line per job, and its workers' stderr once filled
+an unread pipe and blocked them, which ended the 2,000-run round with no run
+done). Workers' stderr goes to a temporary file, shown when a round fails.
+The job queues run in their own virtualenvs under ``benchmarks/.venvs/``
+(``requirements-<name>.txt``), created on first use.
 A full run writes ``benchmarks/queues.md`` and ``queues.json``; ``--quick``
 runs one small round, checks results and writes nothing.
 """
@@ -38,6 +42,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -72,7 +77,12 @@ def _worker_commands(system: str, python: str, url: str) -> list[list[str]]:
         ]  # fmt: skip
     if system == "dramatiq":
         return [[python, "-m", "dramatiq", app, "--processes", "2", "--threads", "8"]]
-    return [[python, "-m", "arq", f"{app}.WorkerSettings"] for _ in (1, 2)]
+    # arq's CLI logs every job at INFO; started without it, as the others log warnings only
+    quiet = (
+        "import logging; logging.basicConfig(level=logging.WARNING); from arq.worker import run_worker; "
+        f"from {app} import WorkerSettings; run_worker(WorkerSettings)"
+    )
+    return [[python, "-c", quiet] for _ in (1, 2)]
 
 
 def _env(url: str, loops: int) -> dict[str, str]:
@@ -141,13 +151,19 @@ def one_round(system: str, server: Server, runs: int, loops: int, install: bool)
     python = _python(system, install)
     redis.Redis.from_url(server.url).flushall()
     env = _env(server.url, loops)
+    # a file, not a pipe: nobody reads it while they run, and a full pipe would block them
+    logs = tempfile.TemporaryFile()
     workers = [
-        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=logs)
         for cmd in _worker_commands(system, python, server.url)
     ]
     try:
         _check(system, _submit(system, python, server.url, WARMUP, loops), WARMUP)
         latencies = _check(system, _submit(system, python, server.url, runs, loops), runs)
+    except Exception as exc:
+        logs.seek(0)
+        exc.add_note(f"{system} workers' stderr (end):\n{logs.read()[-2000:].decode(errors='replace')}")
+        raise
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)

@@ -1,5 +1,7 @@
 """The pipeline on arq: arq has no canvas, so each job enqueues the next one,
-as its documentation suggests; ``max_jobs`` raised to 100 for throughput."""
+as its documentation suggests; ``max_jobs`` raised to 100 and ``poll_delay``
+lowered to 0.05 s (from 0.5 s: a job enqueued by a job waits for the next poll)
+for throughput."""
 
 from __future__ import annotations
 
@@ -26,4 +28,5 @@ class WorkerSettings:
     functions: ClassVar[list[Any]] = [first, middle, last]
     redis_settings = RedisSettings.from_dsn(URL)
     max_jobs = 100
+    poll_delay = 0.05
     keep_result = 0
