@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ _log = logging.getLogger("permflow.run")
 _ALONE_PATIENCE = 10.0
 
 
-class Delivering:
+class Delivering(ABC):
     """How a run handles one delivery (the base of ``Run``, which sets these
     attributes and fetches)."""
 
@@ -62,8 +63,10 @@ class Delivering:
     _limits: RunLimits
     _plain: bool
 
+    @abstractmethod
     async def _fetch(self, step: Step, passed: Delivery | None = None) -> list[Delivery]:
-        raise NotImplementedError
+        """The deliveries of ``step`` for this driver (``passed``: a delivery it
+        had nothing to do with, acked in the same call); the run implements it."""
 
     async def _handle(
         self, step: Step, delivery: Delivery, *, checked: bool = False, entered: bool = False

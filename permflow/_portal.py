@@ -25,7 +25,7 @@ import contextvars
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -183,10 +183,9 @@ def _no_loop_running() -> bool:
     if trio is not None:
         try:
             trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            return False
+        except RuntimeError:  # no trio run in this thread
+            return True
+        return False
     return True
 
 
@@ -212,10 +211,8 @@ def run_here(func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     except KeyboardInterrupt:
         if not task.done():  # interrupted between steps of the run: cancel it, let it clean up
             task.cancel()
-            try:
+            with suppress(BaseException):  # the interrupt is what the caller must see
                 loop.run_forever()
-            except BaseException:  # the interrupt is what the caller must see
-                pass
         raise
     return task.result()
 

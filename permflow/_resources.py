@@ -80,13 +80,16 @@ def check_factories(resources: Any) -> dict[str, Factory]:
                 f"{factory!r}; to share a ready object write {{{name!r}: lambda: obj}}"
             )
         try:
-            inspect.signature(factory).bind()
-        except TypeError as exc:
-            raise ConfigError(
-                f"resource {name!r}: the factory {factory!r} must be callable with no arguments ({exc})"
-            ) from None
+            signature = inspect.signature(factory)
         except ValueError:  # no signature to inspect (some builtins): trust it
-            pass
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind()
+            except TypeError as exc:
+                raise ConfigError(
+                    f"resource {name!r}: the factory {factory!r} must be callable with no arguments ({exc})"
+                ) from None
         factories[name] = factory
     return factories
 

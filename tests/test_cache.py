@@ -155,7 +155,7 @@ class CachedStepTests:
         """A result the connection cannot store fails the run with SerializationError naming step and type."""
 
         class Opaque:
-            pass
+            """Neither JSON-compatible nor anything the codec knows."""
 
         pubsub = cached_chain(connection, RunnableLambda(lambda x: Opaque()).with_cache(name="make-opaque"))
         with anyio.fail_after(20), pytest.raises(SerializationError) as caught:
