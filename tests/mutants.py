@@ -126,9 +126,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "commit_owner_check_off_redis",
-        "permflow/connections/redis/_scripts.py",
-        "    if not mine[ARGV[k]] then ok = false end\n    ids[#ids + 1] = ARGV[k]\n  end\n  local stored",
-        "    if false then ok = false end\n    ids[#ids + 1] = ARGV[k]\n  end\n  local stored",
+        "permflow/connections/redis/_script_lib.py",
+        "    if not mine[ARGV[k]] then ok = false end",
+        "    if false then ok = false end",
         "COMMIT stores and acks only for the owner XPENDING says holds the delivery",
         (REDIS, CONFORMANCE),
         quick=True,
@@ -136,9 +136,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "recommit_stores_twice",
         "permflow/connections/redis/_scripts.py",
-        "    if not mine[ARGV[k]] then ok = false end\n    ids[#ids + 1] = ARGV[k]\n  end\n  local stored",
-        "    if not mine[ARGV[k]] and not again then ok = false end\n"
-        "    ids[#ids + 1] = ARGV[k]\n  end\n  local stored",
+        "  local ok, ids = held(stream, process, owner, n)\n  local stored",
+        "  local ok, ids = held(stream, process, owner, n)\n  if again then ok = true end\n  local stored",
         "a commit resent after its reply was lost must not store its outputs a second time",
         ("tests/test_faults.py", REDIS),
     ),

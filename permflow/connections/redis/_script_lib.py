@@ -189,6 +189,21 @@ end
 """
 
 FETCH_LIB = """
+-- Whether owner holds every delivery ARGV[11..10+n] of process on stream (its
+-- pending entries between ARGV[8] and ARGV[9]), and those ids: a commit or an
+-- ack by anyone else is refused.
+local function held(stream, process, owner, n)
+  local pending = redis.pcall('XPENDING', stream, process, ARGV[8], ARGV[9], ALL, owner)
+  local mine, ids, ok = {}, {}, not pending.err
+  if ok then
+    for _, p in ipairs(pending) do mine[p[1]] = true end
+  end
+  for k = 11, 10 + n do
+    if not mine[ARGV[k]] then ok = false end
+    ids[#ids + 1] = ARGV[k]
+  end
+  return ok, ids
+end
 -- Hand owner what process has not finished: released or lease-expired entries
 -- first, then new ones. Returns {mode, topic, packed entries}; mode '-' =
 -- unknown state, '?' = unknown process, 's' or 'j'. A lease-expired entry's

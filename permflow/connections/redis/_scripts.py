@@ -188,15 +188,7 @@ local function commit(again)
   if missing then return missing end
   -- KEYS[6]: the stop mark. A stopped run (its client left) stores nothing more.
   if redis.call('EXISTS', KEYS[6]) == 1 then return false end
-  local held = redis.pcall('XPENDING', stream, process, ARGV[8], ARGV[9], ALL, owner)
-  local mine, ids, ok = {}, {}, not held.err
-  if ok then
-    for _, p in ipairs(held) do mine[p[1]] = true end
-  end
-  for k = 11, 10 + n do
-    if not mine[ARGV[k]] then ok = false end
-    ids[#ids + 1] = ARGV[k]
-  end
+  local ok, ids = held(stream, process, owner, n)
   local stored
   if ok then
     chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
@@ -249,15 +241,7 @@ local function ack_fetch(again)
   -- KEYS[6]: the stop mark (a stopped run acks nothing more); KEYS[7]: the topic's stream.
   if redis.call('EXISTS', KEYS[6]) == 1 then return false end
   local stream = KEYS[7]
-  local held = redis.pcall('XPENDING', stream, process, ARGV[8], ARGV[9], ALL, owner)
-  local mine, ids, ok = {}, {}, not held.err
-  if ok then
-    for _, p in ipairs(held) do mine[p[1]] = true end
-  end
-  for k = 11, 10 + n do
-    if not mine[ARGV[k]] then ok = false end
-    ids[#ids + 1] = ARGV[k]
-  end
+  local ok, ids = held(stream, process, owner, n)
   if ok then
     chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
     uncount(process, n)
