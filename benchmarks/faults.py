@@ -54,9 +54,10 @@ slow = PubSub(
 
 
 class Server:
-    """A redis-server of this benchmark's own on a free port, stopped by pid."""
+    """A redis-server of a benchmark's own on a free port (a replica of
+    ``replica_of`` if given), stopped by pid."""
 
-    def __init__(self, *, persistent: bool = True) -> None:
+    def __init__(self, *, persistent: bool = True, replica_of: Server | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("benchmarks.faults needs redis-server on PATH")
@@ -69,6 +70,14 @@ class Server:
             self.command += ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir]
         else:
             self.command += ["--appendonly", "no", "--dir", self.dir]
+        if replica_of is not None:
+            self.command += [
+                "--replicaof",
+                "127.0.0.1",
+                str(replica_of.port),
+                "--repl-diskless-sync-delay",
+                "0",
+            ]
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 

@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,32 +21,9 @@ import anyio
 
 from permflow import Message, RedisPubSubConnection, Subscription
 
+from .faults import Server
+
 COMMITS = 2000
-
-
-class Server:
-    """A redis-server of this benchmark's own on a free port (a replica of
-    ``primary`` if given), stopped by pid."""
-
-    def __init__(self, primary: Server | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("benchmarks.replicas needs redis-server on PATH")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.dir = tempfile.mkdtemp(prefix="permflow-bench-replicas-")
-        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir]
-        command += ["--appendonly", "no", "--repl-diskless-sync-delay", "0"]
-        if primary is not None:
-            command += ["--replicaof", "127.0.0.1", str(primary.port)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 async def wait_for_replica(url: str) -> None:
@@ -93,8 +66,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     rounds, commits = (1, 200) if args.quick else (args.rounds, COMMITS)
-    primary = Server()
-    replica = Server(primary)
+    primary = Server(persistent=False)
+    primary.start()
+    replica = Server(persistent=False, replica_of=primary)
+    replica.start()
     figures: dict[str, list[float]] = {"replicas=0": [], "replicas=1": []}
     try:
         anyio.run(wait_for_replica, primary.url)
