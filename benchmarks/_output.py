@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from . import _machine, _report, _venvs
+from . import _draw, _machine, _report
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,32 +74,5 @@ def write(data: dict[str, Any], table: list[_report.Row]) -> list[str]:
     md_path = HERE / "results.md"
     md_path.write_text(markdown(data, table))
     out += [f"wrote {json_path}", f"wrote {md_path}"]
-    png_path = HERE / "results.png"
-    python = _plot_python()
-    if python is None:
-        out.append("no matplotlib (peers' virtualenv missing): results.png not drawn")
-        return out
-    done = subprocess.run(
-        [python, "-m", "benchmarks._plot", str(json_path), str(png_path)],
-        cwd=HERE.parent,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        out.append(f"results.png not drawn: {done.stderr.strip().splitlines()[-1:]}")
-    else:
-        out.append(f"wrote {png_path}")
+    out.append(_draw.draw("_plot", json_path, HERE / "results.png"))
     return out
-
-
-def _plot_python() -> str | None:
-    try:
-        import matplotlib  # noqa: F401
-
-        return sys.executable
-    except ImportError:
-        pass
-    try:
-        return _venvs.python_for("peers", create=False)
-    except _venvs.Unavailable:
-        return None
