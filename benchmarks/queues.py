@@ -29,7 +29,9 @@ an unread pipe and blocked them, which ended the 2,000-run round with no run
 done). Workers' stderr goes to a temporary file, shown when a round fails.
 The job queues run in their own virtualenvs under ``benchmarks/.venvs/``
 (``requirements-<name>.txt``), created on first use.
-A full run writes ``benchmarks/queues.md`` and ``queues.json``; ``--quick``
+A full run writes ``benchmarks/queues.md``, ``queues.json`` and ``queues.png``
+(drawn with matplotlib from the peers' virtualenv); ``--plot-only`` redraws
+``queues.png`` from the existing ``queues.json`` without measuring; ``--quick``
 runs one small round, checks results and writes nothing.
 """
 
@@ -39,7 +41,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,15 +51,13 @@ from typing import Any
 import anyio
 import redis
 
-from . import _machine, _venvs
+from . import _queues_output, _venvs
 from .faults import Server
 from .workers import loops_for
 
 ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
 RUNS, CPU_RUNS, WARMUP = 2000, 200, 10
 SYSTEMS = ("permflow", "celery", "dramatiq", "arq")
-TARGET = 2.0
 
 
 def _worker_commands(system: str, python: str, url: str) -> list[list[str]]:
@@ -186,7 +185,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--no-install", action="store_true", help="never create virtualenvs")
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw queues.png from queues.json, measure nothing"
+    )
     args = parser.parse_args()
+    if args.plot_only:
+        sys.exit(0 if _queues_output.plot(install=not args.no_install) else 1)
     rounds = 1 if args.quick else args.rounds
     scenarios = {
         "trivial": (50 if args.quick else RUNS, 0.0),
@@ -215,41 +219,11 @@ def main() -> None:
                           f"p50 {p50:7.0f} ms  p99 {p99:7.0f} ms", flush=True)  # fmt: skip
     finally:
         server.close()
-    table = _summarise(figures)
-    print(_markdown(table, rounds))
+    table = _queues_output.summarise(figures)
+    print(_queues_output.markdown(table, rounds))
     if not args.quick:
-        meta = _machine.describe()
-        (HERE / "queues.json").write_text(json.dumps({"machine": meta, "rows": table}, indent=2) + "\n")
-        (HERE / "queues.md").write_text(_markdown(table, rounds, meta) + "\n")
-
-
-def _summarise(figures: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, Any]]:
-    table: dict[str, dict[str, Any]] = {}
-    for scenario, systems in figures.items():
-        rows = {
-            system: {key: statistics.median(r[key] for r in results) for key in results[0]}
-            for system, results in systems.items()
-        }
-        queues = [rows[s]["runs_per_s"] for s in rows if s != "permflow"]
-        if "permflow" in rows and queues:
-            rows["permflow"]["vs_fastest_queue"] = rows["permflow"]["runs_per_s"] / max(queues)
-        table[scenario] = rows
-    return table
-
-
-def _markdown(table: dict[str, dict[str, Any]], rounds: int, meta: dict[str, Any] | None = None) -> str:
-    head = f"Job queues on Redis, 2 worker processes each (median of {rounds} rounds"
-    head += f"; {meta['date']}, {_machine.summary(meta)})" if meta else ")"
-    lines = [head, "", "| pipeline | system | runs/s | p50 ms | p99 ms | permflow ÷ fastest queue |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for scenario, rows in table.items():
-        for system, row in rows.items():
-            ratio = ""
-            if "vs_fastest_queue" in row:
-                ratio = f"{row['vs_fastest_queue']:.2f}× (target ≥ {TARGET:g}×)"
-            lines.append(f"| {scenario} | {system} | {row['runs_per_s']:.0f} | {row['p50_ms']:.0f} | "
-                         f"{row['p99_ms']:.0f} | {ratio} |")  # fmt: skip
-    return "\n".join(lines)
+        runs = {scenario: n for scenario, (n, _) in scenarios.items()}
+        _queues_output.write(table, rounds, runs, install=not args.no_install)
 
 
 if __name__ == "__main__":
