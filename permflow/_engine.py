@@ -167,9 +167,9 @@ class Run(Delivering):
         clean = False
         try:
             with deadline:
-                if counts is None:
+                if counts is None and topic is None:
                     await conn.register(sid, self.plan.subscriptions)
-                await self._run_group(topic, value)
+                await self._run_group(topic, value, register=counts is None)
             timed_out = isinstance(deadline, anyio.CancelScope) and deadline.cancelled_caught
             clean = self._failure is None and not timed_out
         finally:
@@ -210,14 +210,22 @@ class Run(Delivering):
                 f"deliveries of state id {self.state_id!r}"
             )
 
-    async def _run_group(self, topic: str | None, value: Any) -> None:
+    async def _run_group(self, topic: str | None, value: Any, *, register: bool) -> None:
+        """Publish ``value`` on ``topic`` (registering the processes first if
+        ``register``: one call, ``start``) and drive the run to idle."""
         renews = self.conn.lease != math.inf and self.capacity is None  # a worker renews for all its runs
         first: list[tuple[Step, Delivery]] = []
         ready: list[tuple[Step, Delivery]] | None = first
+        conn, sid = self.conn, self.state_id
         try:
             if topic is not None:
-                message = Message(topic, value, self.state_id, time.time())
-                stored = await self.conn.publish(self.state_id, [message])
+                message = Message(topic, value, sid, time.time())
+                if register:
+                    subscriptions = self.plan.subscriptions
+                    keep = self.resumable  # else deleted when it ends
+                    stored = await conn.start(sid, subscriptions, [message], owner=self.owner, keep=keep)
+                else:
+                    stored = await conn.publish(sid, [message])
                 ready = first = await self._fetch_readers(stored)
             if not renews:
                 ready = await self._drive_alone(first)

@@ -150,3 +150,19 @@ async def raw(redis_url: str) -> AsyncIterator[Any]:
     client = redis.asyncio.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every exchange with Redis from now on: the scripts each one carried."""
+    from permflow.connections.redis._client import Bound
+
+    trips: list[list[str]] = []
+    original = Bound._write_read
+
+    async def counted(self: Bound, calls: list[Any], *args: Any, **kwargs: Any) -> None:
+        trips.append([name for name, _, _ in calls])
+        await original(self, calls, *args, **kwargs)
+
+    monkeypatch.setattr(Bound, "_write_read", counted)
+    return trips

@@ -278,6 +278,24 @@ MUTANTS: tuple[Mutant, ...] = (
         "a process added to a compact run reads its topic from the beginning",
         ("tests/test_redis_footprint.py",),
     ),
+    # -- the round trips of a run (START, counts answered by the last commit) ----------
+    Mutant(
+        "start_resent_as_is",
+        "permflow/connections/redis/_client.py",
+        '    "START": "RESTART",',
+        '    "START": "START",',
+        "a START resent after its reply was lost must not store the run's input a second time",
+        ("tests/test_faults.py",),
+        k="start_cut",
+    ),
+    Mutant(
+        "commit_counts_kept_stale",
+        "permflow/connections/redis/_core.py",
+        "        self._counted.pop(state_id, None)\n",
+        "",
+        "counts a commit brought back answer only the next question, not one after another call",
+        ("tests/test_redis_round_trips.py",),
+    ),
     # -- fetch-ahead (a commit fetches for the readers of what it stored) --------------
     Mutant(
         "fetch_ahead_kept",

@@ -583,6 +583,53 @@ async def test_an_ack_of_a_rejected_message_cut_off_loses_and_repeats_nothing(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param("reply", id="start-executed-reply-lost"),
+        pytest.param("request", id="start-never-executed"),
+    ],
+)
+async def test_a_start_cut_off_stores_the_input_once_and_the_run_finishes(
+    redis_server: RedisServer, cut: str
+) -> None:
+    """The one call that registers a run, stores its input and fetches its first delivery,
+    cut off before or after Redis ran it: the input is stored once and the run returns its
+    result once."""
+    from permflow.connections.redis._start_scripts import START
+
+    proxy = CuttingProxy(redis_server.port)
+    middle = Topic("middle")
+    returned: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        conn = RedisPubSubConnection.from_url(proxy.url, prefix=f"faults-start-{cut}", lease=30)
+        try:
+            pubsub = PubSub(
+                Topic.IN.subscribe() | (lambda n: n + 1) | middle.publish(),
+                middle.subscribe() | (lambda n: n * 10) | Topic.OUT.publish(),
+                connection=conn,
+            )
+            # a first run loads the scripts: the cut call must not be answered NOSCRIPT
+            assert await pubsub.ainvoke(1, {"state_id": "warm-up"}) == [20]
+            proxy.arm(hashlib.sha1(START.encode()).hexdigest().encode(), cut)
+            with anyio.fail_after(20):
+                try:
+                    returned += await pubsub.ainvoke(4, {"state_id": "cut"})
+                except ConnectionFailedError:
+                    returned += await pubsub.ainvoke(None, {"state_id": "cut"})  # the one resume
+                stored = pairs(await pubsub.apeek("cut"))
+                left = await conn.outstanding("cut", pubsub.process_names)
+        finally:
+            await conn.aclose()
+            tg.cancel_scope.cancel()
+    assert proxy.fired.is_set(), "the proxy never saw a start"
+    assert returned == [50]
+    assert stored == [("__in__", 4), ("middle", 5), ("__out__", 50)]
+    assert set(left.values()) == {0}
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("cut", ["reply", "request"])
 async def test_an_ack_and_fetch_cut_off_acks_once_and_returns_what_it_fetched(
     redis_server: RedisServer, cut: str

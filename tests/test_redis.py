@@ -643,10 +643,10 @@ async def test_redis_down_is_a_connection_failed_error_without_the_password() ->
 
 
 async def test_an_invoke_against_a_down_redis_names_what_failed_not_the_cleanup() -> None:
-    """Without a state id, the error names the registration that failed, not the clean-up after it."""
+    """Without a state id, the error names the start of the run that failed, not the clean-up after it."""
     conn = RedisPubSubConnection.from_url(f"redis://127.0.0.1:{free_port()}/0")
     pubsub = PubSub(Topic.IN.subscribe() | str.upper | Topic.OUT.publish(), connection=conn)
-    with anyio.fail_after(10), pytest.raises(ConnectionFailedError, match="registering processes") as info:
+    with anyio.fail_after(10), pytest.raises(ConnectionFailedError, match="starting a run") as info:
         await pubsub.ainvoke("x")
     assert "deleting" not in str(info.value)
     await conn.aclose()

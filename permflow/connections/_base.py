@@ -85,6 +85,25 @@ class PubSubConnection(ABC):
         """Store ``messages`` (not caused by any delivery); return them with ids.
         Raises ``SerializationError`` (storing nothing) for unstorable values."""
 
+    async def start(
+        self,
+        state_id: str,
+        subscriptions: Sequence[Subscription],
+        messages: Sequence[Message],
+        *,
+        owner: str,
+        keep: bool = True,
+    ) -> list[Message]:
+        """``register`` then ``publish``: the beginning of a run that ``owner``
+        drives. A connection may do both in one round trip and fetch, for
+        ``owner``, what ``messages`` gave their readers (its next ``fetch``
+        of them then costs nothing). ``keep=False``: the caller deletes the
+        state id when the run ends, so a connection need not tidy up its
+        finished state. Raises what those two raise; on a ``DefinitionError``,
+        nothing is stored."""
+        await self.register(state_id, subscriptions)
+        return await self.publish(state_id, messages)
+
     @abstractmethod
     async def fetch(
         self, state_id: str, process: str, *, owner: str, limit: int | None = None

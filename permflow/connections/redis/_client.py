@@ -73,13 +73,21 @@ _SCRIPTS = {
     "REPUBLISH": lua.REPUBLISH,
     "ACK_FETCH": lua.ACK_FETCH,
     "REACK_FETCH": lua.REACK_FETCH,
+    "START": lua.START,
+    "RESTART": lua.RESTART,
 }
 
 #: What to send when a call's reply was lost with its connection. Every other
 #: script is idempotent (sending it twice does what sending it once does) or,
 #: like CLAIM, harmless twice; these would not be, so each has a twin that
 #: first finds out what the lost call did.
-AGAIN = {"COMMIT": "RECOMMIT", "PUBLISH": "REPUBLISH", "FETCH": "REFETCH", "ACK_FETCH": "REACK_FETCH"}
+AGAIN = {
+    "COMMIT": "RECOMMIT",
+    "PUBLISH": "REPUBLISH",
+    "FETCH": "REFETCH",
+    "ACK_FETCH": "REACK_FETCH",
+    "START": "RESTART",
+}
 
 _Call = tuple[str, list[str], list[Any], "asyncio.Future[Any]"]
 

@@ -130,6 +130,16 @@ class RedisCore(PubSubConnection):
         # is whom a driver fetches for after committing to that topic. None when
         # the state id was registered with different process sets (no fetch-ahead).
         self._readers: dict[str, dict[str, tuple[str, ...]] | None] = {}
+        # state id -> every process registered for it here (None: different sets
+        # were), whose outstanding counts a commit that fetches nothing reports.
+        self._names: dict[str, tuple[str, ...] | None] = {}
+        # state id -> (processes, their outstanding counts, last change id) as the
+        # last commit here left them: the engine's next question, answered
+        # without a round trip unless another call of the run came between.
+        self._counted: dict[str, tuple[dict[str, Any], bytes]] = {}
+        # state ids their runs delete when they end (an ordered set): their
+        # finished state is not made compact first.
+        self._fleeting: dict[str, None] = {}
         self._lock = threading.Lock()
         # worker -> entry ids of the claims this connection handed it and it has not
         # finished: only these are renewed. A claim whose reply never reached its
@@ -232,6 +242,7 @@ class RedisCore(PubSubConnection):
         run's topics: those known here and ``topics``. A script that needs the
         keys of other topics changes nothing and names them; it is sent again."""
         base = args[0]
+        self._counted.pop(state_id, None)
         with self._lock:
             known = self._topics.pop(state_id, set())
             if len(self._topics) >= _MAX_TOPIC_RUNS:

@@ -41,6 +41,8 @@ DURABLE = frozenset(
         "REGISTER",
         "PUBLISH",
         "REPUBLISH",
+        "START",
+        "RESTART",
         "COMMIT",
         "RECOMMIT",
         "RELEASE",

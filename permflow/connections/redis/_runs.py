@@ -45,23 +45,82 @@ class RedisRuns(RedisCore):
             topics = [sub.topic for sub in subscriptions]
             conflict = await self._call(bound, "REGISTER", state_id, [*keys, f"{args[0]}:stop"], args, topics)
         if conflict:
-            process, known = codec.text(conflict[0]), codec.text(conflict[1])
-            raise DefinitionError(
-                f"process {process!r} is registered in state {state_id!r} as reading topic "
-                f"{known[1:]!r}{' (join)' if known[0] == 'j' else ''}; it cannot now read another "
-                "topic or mode. Give the new chain another name."
-            )
+            _refuse(state_id, conflict)
+
+    async def start(
+        self,
+        state_id: str,
+        subscriptions: Sequence[Subscription],
+        messages: Sequence[Message],
+        *,
+        owner: str,
+        keep: bool = True,
+    ) -> list[Message]:
+        if not keep:  # deleted when it ends: not made compact when it finishes
+            with self._lock:
+                if len(self._fleeting) >= _MAX_LEARNED:
+                    self._fleeting.pop(next(iter(self._fleeting)))
+                self._fleeting[state_id] = None
+        if not subscriptions or not messages:
+            return await super().start(state_id, subscriptions, messages, owner=owner)
+        encoded = self._encode(messages)
+        keys, args = self._keys(state_id)
+        args.append(len(subscriptions))
+        for sub in subscriptions:
+            args += (sub.process, ("j" if sub.join else "s") + sub.topic)
+        args += encoded
+        if self._unreleased:
+            await self._release_left(state_id)
+        bound = await self._ready()
+        self._learn_readers(state_id, subscriptions)
+        follow = self._followers(state_id, messages)
+        args += (owner, self._lease_ms, lua.RELEASED, len(follow), *follow)
+        with self._failures(f"starting a run of state id {state_id!r}"):
+            topics = [*(sub.topic for sub in subscriptions), *(m.topic for m in messages)]
+            reply = await self._call(bound, "START", state_id, [*keys, f"{args[0]}:stop"], args, topics)
+        if not isinstance(reply[0], list):
+            _refuse(state_id, reply)
+        self._keep_ahead(bound, state_id, owner, follow, reply)
+        return codec.stored(state_id, messages, reply[0])
+
+    def _followers(self, state_id: str, messages: Sequence[Message]) -> tuple[str, ...]:
+        """The processes a driver fetches for next, after storing ``messages``: the
+        subscribers of their topics registered here (none if not known)."""
+        readers = self._readers.get(state_id)
+        if not readers or not messages:
+            return ()
+        topics = dict.fromkeys(m.topic for m in messages)
+        return tuple(dict.fromkeys(p for t in topics for p in readers.get(t, ())))
+
+    @staticmethod
+    def _keep_ahead(
+        bound: Bound, state_id: str, owner: str, follow: tuple[str, ...], reply: list[Any]
+    ) -> None:
+        """Keep the fetch replies ``reply[1:]`` (one per process of ``follow``) for
+        the fetches ``owner`` makes next."""
+        for k, process in enumerate(follow):
+            key = (state_id, process, owner)
+            mode, topic_raw, packed = reply[1 + 3 * k], reply[2 + 3 * k], reply[3 + 3 * k]
+            earlier = bound.ahead.get(key)
+            if earlier is not None and earlier[2]:
+                # another call of this owner fetched ahead first: keep both, in order
+                packed = bytes(earlier[2]) + bytes(packed or b"")
+            bound.ahead[key] = (mode, topic_raw, packed)
 
     def _learn_readers(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
         readers: dict[str, tuple[str, ...]] = {}
         for sub in subscriptions:
             if not sub.join:
                 readers[sub.topic] = (*readers.get(sub.topic, ()), sub.process)
+        names = tuple(dict.fromkeys(sub.process for sub in subscriptions))
         with self._lock:
             known = self._readers.get(state_id, readers)
             if len(self._readers) >= _MAX_LEARNED and state_id not in self._readers:
                 del self._readers[next(iter(self._readers))]
             self._readers[state_id] = readers if known == readers else None
+            if len(self._names) >= _MAX_LEARNED and state_id not in self._names:
+                del self._names[next(iter(self._names))]
+            self._names[state_id] = names if self._names.get(state_id, names) == names else None
 
     async def publish(self, state_id: str, messages: Sequence[Message]) -> list[Message]:
         encoded = self._encode(messages)
@@ -176,26 +235,23 @@ class RedisRuns(RedisCore):
         order = sorted(ids, key=codec.id_key)
         keys, args = self._keys(state_id)
         args += (delivery.process, topic, owner, order[0], order[-1], len(ids), *ids, *encoded)
-        readers = self._readers.get(state_id)
-        follow: tuple[str, ...] = ()
-        if readers and messages:
-            topics = dict.fromkeys(m.topic for m in messages)
-            follow = tuple(dict.fromkeys(p for t in topics for p in readers.get(t, ())))
+        follow = self._followers(state_id, messages)
         args += (self._lease_ms, lua.RELEASED, len(follow), *follow)
+        # nothing to fetch next: the engine asks what is outstanding next; answer now
+        names = () if follow else (self._names.get(state_id) or ())
+        args += (len(names), *names, 0 if state_id in self._fleeting else 1)
         bound = await self._ready()
         with self._failures(f"committing for process {delivery.process!r} of state id {state_id!r}"):
             touched = [topic, *(m.topic for m in messages)]
             reply = await self._call(bound, "COMMIT", state_id, [*keys, f"{args[0]}:stop"], args, touched)
         if reply is None:
             return None
-        for k, process in enumerate(follow):
-            key = (state_id, process, owner)
-            mode, topic_raw, packed = reply[1 + 3 * k], reply[2 + 3 * k], reply[3 + 3 * k]
-            earlier = bound.ahead.get(key)
-            if earlier is not None and earlier[2]:
-                # another commit of this owner fetched ahead first: keep both, in order
-                packed = bytes(earlier[2]) + bytes(packed or b"")
-            bound.ahead[key] = (mode, topic_raw, packed)
+        self._keep_ahead(bound, state_id, owner, follow, reply)
+        if names:
+            last, *counts = reply[1:]
+            if len(self._counted) >= _MAX_LEARNED:
+                self._counted.pop(next(iter(self._counted)), None)
+            self._counted[state_id] = (dict(zip(names, counts, strict=True)), last or b"0-0")
         return codec.stored(state_id, messages, reply[0])
 
     async def charge(self, delivery: Delivery, *, owner: str) -> bool:
@@ -243,10 +299,16 @@ class RedisRuns(RedisCore):
 
     async def outstanding(self, state_id: str, processes: Sequence[str]) -> dict[str, int]:
         keys, args = self._keys(state_id)
-        bound = await self._ready()
         names = list(dict.fromkeys(processes))
-        with self._failures(f"counting outstanding messages of state id {state_id!r}"):
-            last, *counts = await bound.run("OUTSTANDING", keys, [*args, *names])
+        counted = self._counted.pop(state_id, None)
+        if counted is not None and counted[0].keys() >= set(names):
+            # as the last commit here left them, with no other call of the run since
+            known, last = counted
+            counts = [known[name] for name in names]
+        else:
+            bound = await self._ready()
+            with self._failures(f"counting outstanding messages of state id {state_id!r}"):
+                last, *counts = await bound.run("OUTSTANDING", keys, [*args, *names])
         _seen.set((id(self), args[0], last or b"0-0"))
         return {name: max(0, int(n or 0)) for name, n in zip(names, counts, strict=True)} | {
             p: 0 for p in processes if p not in names
@@ -272,8 +334,20 @@ class RedisRuns(RedisCore):
         keys, args = self._keys(state_id)
         bound = await self._ready()
         self._readers.pop(state_id, None)
+        self._names.pop(state_id, None)
+        self._fleeting.pop(state_id, None)
         with self._failures(f"deleting state id {state_id!r}"):
             marks = [f"{args[0]}:failed", f"{args[0]}:stop"]
             await self._call(bound, "DELETE", state_id, [*keys, *marks], args)
         with self._lock:
             self._topics.pop(state_id, None)
+
+
+def _refuse(state_id: str, conflict: list[Any]) -> NoReturn:
+    """Raise for a process registered in ``state_id`` with another topic or mode."""
+    process, known = codec.text(conflict[0]), codec.text(conflict[1])
+    raise DefinitionError(
+        f"process {process!r} is registered in state {state_id!r} as reading topic "
+        f"{known[1:]!r}{' (join)' if known[0] == 'j' else ''}; it cannot now read another "
+        "topic or mode. Give the new chain another name."
+    )

@@ -35,6 +35,7 @@ Work distribution has scripts of its own (``_work_scripts``); the marks
 from __future__ import annotations
 
 from ._script_lib import FETCH_LIB, PRELUDE, STORE_LIB
+from ._start_scripts import PUBLISH, REGISTER, REPUBLISH, RESTART, START
 
 __all__ = [
     "ACK_FETCH",
@@ -53,8 +54,10 @@ __all__ = [
     "RELEASE",
     "RELEASED",
     "RENEW",
+    "RESTART",
     "REPUBLISH",
     "SKIP",
+    "START",
     "UNFETCH",
 ]
 
@@ -62,113 +65,6 @@ RELEASED = "permflow:released"
 #: The first item of the reply of a script that was not given the keys of some
 #: topics it needs (the other items): nothing was changed.
 NEED = b"permflow:need-keys"
-
-# ARGV[5..]: pairs (process, 's'|'j' .. topic). Returns {} or {process, known spec}.
-REGISTER = (
-    PRELUDE
-    + """
-local wanted = {}
-for i = 6, #ARGV, 2 do wanted[#wanted + 1] = string.sub(ARGV[i], 2) end
-local missing = undeclared(wanted)
-if missing then return missing end
-local c = compact_form(false)
-if c then
-  -- A compact run is rebuilt only for a process it does not know yet.
-  local new = false
-  for i = 5, #ARGV, 2 do
-    local spec = c.reg[ARGV[i]]
-    if spec and spec ~= ARGV[i + 1] then return {ARGV[i], spec} end
-    if not spec then new = true end
-  end
-  if not new then
-    redis.call('DEL', KEYS[6])
-    return {}
-  end
-  missing = expand()
-  if missing then return missing end
-end
--- KEYS[6]: the stop mark. A run starting here is no longer stopped.
-redis.call('DEL', KEYS[6])
-local names = {}
-for i = 5, #ARGV, 2 do names[#names + 1] = ARGV[i] end
-local known = {}
-chunks(names, 1000, function(part)
-  for _, spec in ipairs(redis.call('HMGET', REG, unpack(part))) do known[#known + 1] = spec end
-end)
-local new = false
-for i = 5, #ARGV, 2 do
-  local spec = known[(i - 3) / 2]
-  if spec and spec ~= ARGV[i + 1] then return {ARGV[i], spec} end
-  if not spec then new = true end
-end
-if not new then return {} end
--- New processes, grouped by topic; a name given twice keeps its first spec.
-local specs, counts, topics, readers, seen = {}, {}, {}, {}, {}
-for i = 5, #ARGV, 2 do
-  local process, spec = ARGV[i], ARGV[i + 1]
-  if not known[(i - 3) / 2] and not seen[process] then
-    seen[process] = true
-    local topic = string.sub(spec, 2)
-    if not readers[topic] then
-      readers[topic] = {}
-      topics[#topics + 1] = topic
-    end
-    table.insert(readers[topic], process)
-    specs[#specs + 1] = process
-    specs[#specs + 1] = spec
-  end
-end
-chunks(specs, 1000, function(part) redis.call('HSET', REG, unpack(part)) end)
-chunks(topics, 1000, function(part) redis.call('SADD', TOPICS, unpack(part)) end)
-for _, topic in ipairs(topics) do
-  local stream, names = tkey(topic), readers[topic]
-  chunks(names, 1000, function(part) redis.call('SADD', rkey(topic), unpack(part)) end)
-  for _, process in ipairs(names) do
-    redis.pcall('XGROUP', 'CREATE', stream, process, '0', 'MKSTREAM')
-  end
-  local backlog = redis.call('XLEN', stream)
-  for _, process in ipairs(names) do
-    counts[#counts + 1] = process
-    counts[#counts + 1] = backlog
-  end
-end
-chunks(counts, 1000, function(part) redis.call('HSET', COUNT, unpack(part)) end)
-touch()
-return {}
-"""
-)
-
-PUBLISH = (
-    PRELUDE
-    + STORE_LIB
-    + """
-local missing = expand() or undeclared(message_topics({}, 5))
-if missing then return missing end
-local ids = store(5, {})
-changed()
-touch()
-settle()
-return ids
-"""
-)
-
-# PUBLISH sent again after its reply was lost: if the first send stored the
-# messages, their ids; else it stores them now.
-REPUBLISH = (
-    PRELUDE
-    + STORE_LIB
-    + """
-local missing = expand() or undeclared(message_topics({}, 5))
-if missing then return missing end
-local ids = find_stored(5, '-', 1000)
-if ids then return ids end
-ids = store(5, {})
-changed()
-touch()
-settle()
-return ids
-"""
-)
 
 _COMMIT_LIB = """
 local function commit(again)
@@ -216,17 +112,28 @@ local function commit(again)
   for r = j + 3, last do
     for _, x in ipairs(fetch(ARGV[r], owner, lease, 0, released)) do reply[#reply + 1] = x end
   end
-  settle()
+  -- ARGV[last + 2 + q]: 0 if the run is deleted when it ends (no compact form).
+  local q = tonumber(ARGV[last + 1])
+  if ARGV[last + 2 + q] ~= '0' then settle() end
+  -- The outstanding counts of processes ARGV[last + 2..], after all of it.
+  if q > 0 then
+    local change = redis.call('XREVRANGE', CHG, '+', '-', 'COUNT', 1)[1]
+    reply[#reply + 1] = change and change[1] or ''
+    for k = last + 2, last + 1 + q do reply[#reply + 1] = redis.call('HGET', COUNT, ARGV[k]) or '0' end
+  end
   return reply
 end
 """
 
 # KEYS[6]: the stop mark. ARGV[5..]: process, topic, owner, first id, last id, n,
-# ids..., then messages, then lease_ms, released consumer, k, k reader processes.
-# Returns false if owner lost the delivery or the run was stopped, else {log ids
-# of the stored messages, then per reader its fetch reply (mode, topic, packed)}:
-# the readers of what was just stored are fetched for owner in the same round
-# trip, as its next fetch would.
+# ids..., then messages, then lease_ms, released consumer, k, k reader processes,
+# q, q processes to count, 1 (0: the run is deleted when it ends, so it is not
+# made compact when it finishes). Returns false if owner lost the delivery or the run
+# was stopped, else {log ids of the stored messages, then per reader its fetch
+# reply (mode, topic, packed), then (if q > 0) the last change id and the q
+# outstanding counts}: the readers of what was just stored are fetched for owner
+# in the same round trip, as its next fetch would, and with none to fetch, what
+# the engine asks next (what is outstanding) is answered too.
 COMMIT = PRELUDE + STORE_LIB + FETCH_LIB + _COMMIT_LIB + "return commit(false)"
 
 # COMMIT sent again after its reply was lost (same arguments, same reply).

@@ -1,0 +1,148 @@
+"""Round trips of a run on Redis: what a run costs, call by call.
+
+A run starts with one script (START: register, publish the input, fetch for its
+readers), makes one COMMIT per step, and its last commit answers what the engine
+asks next (what is outstanding). These tests count the exchanges with Redis, and
+check that the shortcuts change nothing a run promises.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from permflow import DefinitionError, PubSub, Topic
+
+pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+ONE, TWO = Topic("one"), Topic("two")
+
+
+def three_steps() -> list[Any]:
+    return [
+        Topic.IN.subscribe() | (lambda x: x + 1) | ONE.publish(),
+        ONE.subscribe() | (lambda x: x * 10) | TWO.publish(),
+        TWO.subscribe() | (lambda x: x - 1) | Topic.OUT.publish(),
+    ]
+
+
+@pytest.fixture
+async def conn(redis_url: str, redis_prefix: str) -> AsyncIterator[Any]:
+    from permflow import RedisPubSubConnection
+
+    made = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0)
+    try:
+        yield made
+    finally:
+        await made.aclose()
+
+
+async def test_a_run_costs_one_start_and_one_commit_per_step(
+    anyio_backend: str, conn: Any, round_trips: list[list[str]]
+) -> None:
+    """A 3-step run without a state id: START, three COMMITs, DELETE; nothing else, one
+    script per exchange."""
+    pubsub = PubSub(*three_steps(), connection=conn)
+    with anyio.fail_after(10):
+        assert await pubsub.ainvoke(1) == [19]
+    assert round_trips == [["START"], ["COMMIT"], ["COMMIT"], ["COMMIT"], ["DELETE"]]
+
+
+async def test_a_resumed_run_starts_from_its_stored_state(
+    anyio_backend: str, conn: Any, round_trips: list[list[str]]
+) -> None:
+    """START on a state id that has finished runs (compact) and new input: the new input
+    runs once, and the log keeps every earlier message in order."""
+    pubsub = PubSub(*three_steps(), connection=conn)
+    with anyio.fail_after(10):
+        assert await pubsub.ainvoke(1, {"state_id": "again"}) == [19]
+        assert await pubsub.ainvoke(2, {"state_id": "again"}) == [29]
+        assert await pubsub.ainvoke(None, {"state_id": "again"}) == []
+        log = [(m.topic, m.value) for m in await pubsub.apeek("again")]
+    assert log == [
+        ("__in__", 1), ("one", 2), ("two", 20), ("__out__", 19),
+        ("__in__", 2), ("one", 3), ("two", 30), ("__out__", 29),
+    ]  # fmt: skip
+    assert Counter(name for trip in round_trips for name in trip)["START"] == 2
+
+
+async def test_the_last_commit_answers_what_is_outstanding(
+    anyio_backend: str, conn: Any, round_trips: list[list[str]]
+) -> None:
+    """A run that ends on a commit with nothing to fetch asks Redis nothing more: the
+    counts came with that commit, and they are right (zero everywhere)."""
+    pubsub = PubSub(*three_steps(), connection=conn)
+    with anyio.fail_after(10):
+        await pubsub.ainvoke(5, {"state_id": "counted"})
+        names = Counter(name for trip in round_trips for name in trip)
+        assert "OUTSTANDING" not in names
+        round_trips.clear()
+        left = await conn.outstanding("counted", pubsub.process_names)
+    assert round_trips == [["OUTSTANDING"]]  # asked again later: a real question
+    assert set(left.values()) == {0}
+
+
+async def test_counts_of_a_commit_are_not_reused_after_another_call(
+    anyio_backend: str, conn: Any, round_trips: list[list[str]]
+) -> None:
+    """Counts a commit brought back answer the next question with no round trip, but only
+    when no other call of the run came between: after a publish, outstanding asks Redis
+    and sees the new message."""
+    from permflow import Message, Subscription
+
+    with anyio.fail_after(10):
+        await conn.register("stale", [Subscription("p", "t")])
+        await conn.publish("stale", [Message("t", 1, "stale", 0.0)])
+        (delivery,) = await conn.fetch("stale", "p", owner="o")
+        await conn.commit(delivery, [], owner="o")  # nothing to fetch next: counts come back
+        round_trips.clear()
+        assert await conn.outstanding("stale", ["p"]) == {"p": 0}
+        assert round_trips == []
+        await conn.publish("stale", [Message("t", 2, "stale", 0.0)])
+        (delivery,) = await conn.fetch("stale", "p", owner="o")
+        await conn.commit(delivery, [], owner="o")  # counts come back: p has 0 left
+        await conn.publish("stale", [Message("t", 3, "stale", 0.0)])  # now it has 1
+        round_trips.clear()
+        assert await conn.outstanding("stale", ["p"]) == {"p": 1}
+    assert round_trips == [["OUTSTANDING"]]
+
+
+async def test_a_start_that_conflicts_stores_nothing(anyio_backend: str, conn: Any) -> None:
+    """START with a process name known for another mode (here a join) raises
+    DefinitionError naming it, and the input is not stored."""
+    first = PubSub(Topic.IN.subscribe(name="p") | (lambda x: x) | Topic.OUT.publish(), connection=conn)
+    second = PubSub(Topic.IN.join(name="p") | (lambda x: x) | Topic.OUT.publish(), connection=conn)
+    with anyio.fail_after(10):
+        await first.ainvoke(1, {"state_id": "clash"})
+        before = await first.apeek("clash")
+        with pytest.raises(DefinitionError, match="'p'"):
+            await second.ainvoke(2, {"state_id": "clash"})
+        after = await first.apeek("clash")
+    assert [m.value for m in after] == [m.value for m in before] == [1, 1]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+async def test_a_run_deleted_when_it_ends_is_not_made_compact_first(
+    anyio_backend: str, conn: Any, raw: Any, keep: bool
+) -> None:
+    """A finished run is made compact (its log one string) unless its caller said it will
+    delete it (``keep=False``): then its last commit leaves it as it is, and its results
+    are the same."""
+    from permflow import Message, Subscription
+
+    sid = f"fleeting-{keep}"
+    with anyio.fail_after(10):
+        stored = await conn.start(
+            sid, [Subscription("p", "t")], [Message("t", 1, sid, 0.0)], owner="o", keep=keep
+        )
+        (delivery,) = await conn.fetch(sid, "p", owner="o")
+        out = await conn.commit(delivery, [Message("__out__", 2, sid, 0.0)], owner="o")
+        kind = await raw.type(f"{{{conn.prefix}:{sid}}}:log")
+        log = [(m.topic, m.value) for m in await conn.apeek(sid)]
+    assert [m.value for m in stored] == [1] and [m.value for m in out or []] == [2]
+    assert kind == (b"string" if keep else b"stream")
+    assert log == [("t", 1), ("__out__", 2)]
