@@ -146,3 +146,20 @@ async def test_a_run_deleted_when_it_ends_is_not_made_compact_first(
     assert [m.value for m in stored] == [1] and [m.value for m in out or []] == [2]
     assert kind == (b"string" if keep else b"stream")
     assert log == [("t", 1), ("__out__", 2)]
+
+
+def test_a_script_call_is_packed_as_the_redis_protocol_says(anyio_backend: str) -> None:
+    """EVALSHA, the key count, then every key and argument as a bulk string: text as UTF-8,
+    numbers as their repr, bytes (and their subclasses) as they are; a bool is refused."""
+    from permflow.connections.redis._client import _pack
+
+    class Raw(bytes):
+        pass
+
+    packed = _pack("a" * 40, ["k", "ключ"], [0, 2.5, b"\x00\r\n", Raw(b"r"), "é"])
+    parts = [b"EVALSHA", b"a" * 40, b"2", b"k", "ключ".encode()]
+    parts += [b"0", b"2.5", b"\x00\r\n", b"r", "é".encode()]
+    expected = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    assert packed == expected
+    with pytest.raises(TypeError, match="bool"):
+        _pack("a" * 40, [], [True])

@@ -393,17 +393,25 @@ async def _fresh(connection: Any) -> None:
 
 def _pack(sha: str, keys: list[str], args: list[Any]) -> bytes:
     """``EVALSHA sha len(keys) *keys *args`` in the Redis protocol."""
-    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (3 + len(keys) + len(args), sha.encode())]
-    count = str(len(keys)).encode()
-    parts.append(b"$%d\r\n%s\r\n" % (len(count), count))
+    items: list[bytes] = []
     for item in (*keys, *args):
-        if isinstance(item, bytes):
-            data = item
+        kind = type(item)  # the exact types first: this runs for every argument of every call
+        if kind is str:
+            items.append(item.encode())
+        elif kind is bytes:
+            items.append(item)
+        elif kind is int or kind is float:
+            items.append(repr(item).encode())
+        elif isinstance(item, bytes):
+            items.append(bytes(item))
         elif isinstance(item, str):
-            data = item.encode()
+            items.append(str(item).encode())
         elif isinstance(item, int | float) and not isinstance(item, bool):
-            data = repr(item).encode()
+            items.append(repr(item).encode())
         else:
             raise TypeError(f"cannot send {type(item).__name__} to Redis")
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    count = b"%d" % len(keys)
+    head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$%d\r\n%s\r\n" % (
+        3 + len(items), sha.encode(), len(count), count
+    )  # fmt: skip
+    return head + b"".join([b"$%d\r\n%b\r\n" % (len(data), data) for data in items])
