@@ -78,7 +78,8 @@ def _ratios(results: dict[str, Any], wl: Workload, system: str, spu: float) -> t
 
 def _cost(results: dict[str, Any], base: Baseline) -> float | None:
     cell = results.get(base.workload, {}).get(base.system)
-    return median(cell) if cell else None
+    cost = median(cell) if cell else None
+    return cost * base.per if cost is not None else None
 
 
 def rows(data: dict[str, Any], workloads: list[Workload]) -> list[Row]:

@@ -242,12 +242,16 @@ class Baseline:
     workload: str
     #: Said with the ratio ("1.20× PING"); empty for the in-memory baseline.
     name: str = ""
+    #: Units of the baseline's workload in one unit of the judged one (a W3 run
+    #: is 4 hops: its input, then 3 steps).
+    per: float = 1.0
 
 
 _PING = Baseline("redis-floor", "redis_ping", "PING")
 _SCRIPT_HOP = Baseline("redis-floor", "redis_hop_script", "1-RTT script floor")
 _MULTI_HOP = Baseline("redis-floor", "redis_hop_multi", "2-RTT MULTI hop")
 _SCRIPT_RUN = Baseline("redis-floor", "redis_run_script", "1-RTT script floor")
+_BATCH_RUN = Baseline("redis-floor", "redis_batch", "4 pipelined hops", per=4)
 _MEMORY = ("w1_async", "w1_sync", "w2", "w3_seq", "w3_batch", "w3_sync", "w4_10", "w4_50", "w4_100", "w4_200")
 
 #: Ratios are cost / baseline cost, against each baseline of the workload; the
@@ -263,8 +267,8 @@ BASELINES: dict[str, tuple[Baseline, ...]] = {
     "redis_run_script": (_PING,),
     "redis_w1": (_SCRIPT_HOP, _PING, _MULTI_HOP),
     "redis_w3_seq": (_SCRIPT_RUN, _PING),
-    "redis_w3_batch": (_PING,),
-    "redis_w3_batch64": (_PING,),
+    "redis_w3_batch": (_BATCH_RUN, _PING),
+    "redis_w3_batch64": (_BATCH_RUN, _PING),
 }
 
 #: Targets for permflow's rows: ("ratio", max) or ("rate", min per second).
@@ -276,6 +280,6 @@ TARGETS: dict[tuple[str, str], tuple[str, float]] = {
     ("permflow", "w3_sync"): ("ratio", 1.5),
     ("permflow-redis", "redis_w1"): ("ratio", 2.0),
     ("permflow-redis", "redis_w3_seq"): ("rate", 1_000.0),
-    ("permflow-redis", "redis_w3_batch"): ("rate", 1_000.0),
-    ("permflow-redis", "redis_w3_batch64"): ("rate", 1_000.0),
+    ("permflow-redis", "redis_w3_batch"): ("ratio", 2.0),
+    ("permflow-redis", "redis_w3_batch64"): ("ratio", 2.0),
 }
