@@ -39,6 +39,7 @@ from ._delivery import Delivering
 from ._errors import ConnectionFailedError, RunTimeoutError
 from ._failures import describe
 from ._gate import Gate
+from ._leases import renewing
 from ._message import Delivery, Message
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ class Run(Delivering):
         self.released = True  # False if handing back at the end failed (the store was away)
         self.resumable = True  # False when the caller deletes the state id after a failure
         self._tg: anyio.abc.TaskGroup | None = None
+        self._scope: anyio.CancelScope | None = None  # around the run, where leases are renewed
         self._queue: deque[tuple[Step, Delivery]] = deque()  # started, not yet taken by a task
         self._spawning = False  # a task is to start tasks for what stays queued
         self._pausing = 0  # tasks letting others run between deliveries (not waiting in a step)
@@ -212,10 +214,9 @@ class Run(Delivering):
 
     async def _run_group(self, topic: str | None, value: Any, *, register: bool) -> None:
         """Publish ``value`` on ``topic`` (registering the processes first if
-        ``register``: one call, ``start``) and drive the run to idle."""
-        renews = self.conn.lease != math.inf and self.capacity is None  # a worker renews for all its runs
+        ``register``: one call, ``start``) and drive the run to idle, keeping
+        the leases of what it fetched meanwhile where they run out."""
         first: list[tuple[Step, Delivery]] = []
-        ready: list[tuple[Step, Delivery]] | None = first
         conn, sid = self.conn, self.state_id
         try:
             if topic is not None:
@@ -226,9 +227,23 @@ class Run(Delivering):
                     stored = await conn.start(sid, subscriptions, [message], owner=self.owner, keep=keep)
                 else:
                     stored = await conn.publish(sid, [message])
-                ready = first = await self._fetch_readers(stored)
-            if not renews:
-                ready = await self._drive_alone(first)
+                first = await self._fetch_readers(stored)
+        except Exception as exc:  # the store failed
+            self._fail(exc)
+            return
+        if conn.lease == math.inf or self.capacity is not None:  # a worker renews for all its runs
+            await self._drive_to_idle(first)
+            return
+        with anyio.CancelScope() as scope:
+            self._scope = scope  # what a failed renewal cancels
+            async with renewing(self._renew_leases, conn.lease / 3):
+                await self._drive_to_idle(first)
+
+    async def _drive_to_idle(self, first: list[tuple[Step, Delivery]]) -> None:
+        """Run ``first`` and what follows: alone in this task while one delivery
+        at a time is ready, then in a task group."""
+        try:
+            ready = await self._drive_alone(first)
         except Exception as exc:  # a step, or the store outside any step, failed
             self._fail(exc)
             return
@@ -236,14 +251,10 @@ class Run(Delivering):
             return
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            if renews:
-                tg.start_soon(self._renew_leases)
             try:
                 await self._drive(ready)
             except Exception as exc:  # the store failed outside any step
                 self._fail(exc)
-            if renews:
-                tg.cancel_scope.cancel()
 
     def failure_record(self, exc: BaseException) -> dict[str, Any]:
         """How this run failed, for a client of workers: where (when a step
@@ -251,13 +262,14 @@ class Run(Delivering):
         process, topic = self.failed_at or (None, None)
         return {"process": process, "topic": topic, **describe(exc)}
 
-    async def _renew_leases(self) -> None:
-        """Renew every ``lease / 3``; ride out a failing store until the lease
-        would run out, then fail the run with the store's error."""
+    async def _renew_leases(self, first_wait: float) -> None:
+        """Renew every ``lease / 3``, the first time after ``first_wait``; ride
+        out a failing store until the lease would run out, then fail the run
+        with the store's error."""
         lease = self.conn.lease
         interval = lease / 3
-        renewed = anyio.current_time()
-        wait = interval
+        renewed = anyio.current_time() - (interval - first_wait)  # when the leases were taken
+        wait = first_wait
         while True:
             await anyio.sleep(wait)
             try:
@@ -432,3 +444,5 @@ class Run(Delivering):
             self._failure = exc
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
