@@ -19,9 +19,10 @@ from ._context import RUN_KEY
 from ._engine import CLEANUP_SECONDS, Run, Settings, Tracer
 from ._errors import ConfigError, DefinitionError, PermflowWarning
 from ._graph import DYNAMIC, Graph
+from ._here import run_here
 from ._message import Message, MessageList
 from ._plan import Plan
-from ._portal import run_here, run_sync
+from ._portal import run_sync
 from ._process import Process
 from ._remote import RemoteRun
 from ._resources import check_factories, closing_from
