@@ -42,8 +42,6 @@ SLOW_SECONDS = 0.001
 SLOW_RUNS = 2
 WARMUP_RUNS = 3
 
-_local = threading.local()
-
 
 class _Profile:
     __slots__ = ("fast_runs", "pinned", "slow_runs")
@@ -53,6 +51,14 @@ class _Profile:
         #: inline runs in a row that took longer than SLOW_SECONDS
         self.slow_runs = 0
         self.pinned = False
+
+
+class _Local(threading.local):
+    #: the profile of the sync step running in this thread, if any
+    profile: _Profile | None = None
+
+
+_local = _Local()
 
 
 _profiles: weakref.WeakKeyDictionary[Any, _Profile] = weakref.WeakKeyDictionary()
@@ -77,7 +83,7 @@ def note_blocking_call() -> None:
     Called by the sync facade: a step that calls ``invoke()`` must never run
     on the event loop thread, where a blocking call could deadlock.
     """
-    profile = getattr(_local, "profile", None)
+    profile = _local.profile
     if profile is not None:
         profile.pinned = True
 

@@ -345,13 +345,11 @@ class PubSub(Runnable):
         run until idle, return the values published to ``Topic.OUT`` meanwhile.
         Works from threads, from a running event loop and from within a step."""
 
-        async def go() -> list[Any]:
-            return await self.ainvoke(input, config, topic=topic)
-
+        ainvoke = self.ainvoke if topic is None else functools.partial(self.ainvoke, topic=topic)
         try:
             if self._runs_anywhere():
-                return run_here(functools.partial(self.ainvoke, topic=topic), input, config)
-            return run_sync(go)
+                return run_here(ainvoke, input, config)
+            return run_sync(ainvoke, input, config)
         except Exception as exc:
             trim_traceback(exc)
             raise
