@@ -2,8 +2,9 @@
 
 Every system runs in a worker subprocess of its own (peers in virtualenvs
 under ``benchmarks/.venvs/``). Rounds are interleaved across systems
-(A B C, C B A, A B C …) so that drift of a noisy machine hits all alike, and
-each row reports the median of its rounds. Every run's result is checked; a
+(A B C, C B A, A B C …), and so are the rounds of workloads judged against
+each other (``w3_sync`` against ``w3_seq``), so that drift of a noisy machine
+hits all alike; each row reports the median of its rounds. Every run's result is checked; a
 wrong result fails the row and the exit status.
 
 ``--quick`` runs permflow, the asyncio baseline and (when reachable) the
@@ -31,7 +32,7 @@ from typing import Any
 
 from . import _machine, _report, _venvs
 from ._worker import MARK
-from ._workloads import Workload, workloads
+from ._workloads import BASELINES, Workload, workloads
 from .systems import _redis_common
 
 HERE = Path(__file__).resolve().parent
@@ -251,24 +252,26 @@ def run(args: argparse.Namespace, redis_missing: str | None = None) -> dict[str,
             print(f"[{spec.name}] not available: {worker.reason}", flush=True)
             worker.close()
     try:
-        for wl in wls:
-            if wl.mode == "mem":
-                continue
+        for linked in _round_groups([wl for wl in wls if wl.mode != "mem"]):
             t0 = time.perf_counter()
-            cells = data["results"].setdefault(wl.key, {})
-            for spec in chosen:
-                info = data["systems"][spec.name]
-                if not info["available"] and _takes_part(spec.name, spec.family, wl):
-                    cells[spec.name] = {"error": info["reason"], "unavailable": True}
-            group = [w for w in workers if _takes_part(w.spec.name, w.family, wl)]
-            req = _request(wl, quick)
+            for wl in linked:
+                cells = data["results"].setdefault(wl.key, {})
+                for spec in chosen:
+                    info = data["systems"][spec.name]
+                    if not info["available"] and _takes_part(spec.name, spec.family, wl):
+                        cells[spec.name] = {"error": info["reason"], "unavailable": True}
             for r in range(args.rounds):
-                for worker in group if r % 2 == 0 else reversed(group):
-                    cell = cells.setdefault(worker.spec.name, {})
-                    if cell.get("error") or _enough(cell):
-                        continue
-                    _record(cell, worker.request(req))
-            print(f"  {wl.label}: {time.perf_counter() - t0:.1f} s", flush=True)
+                for wl in linked:
+                    cells = data["results"][wl.key]
+                    group = [w for w in workers if _takes_part(w.spec.name, w.family, wl)]
+                    req = _request(wl, quick)
+                    for worker in group if r % 2 == 0 else reversed(group):
+                        cell = cells.setdefault(worker.spec.name, {})
+                        if cell.get("error") or _enough(cell):
+                            continue
+                        _record(cell, worker.request(req))
+            labels = " + ".join(wl.label for wl in linked)
+            print(f"  {labels}: {time.perf_counter() - t0:.1f} s", flush=True)
     finally:
         for worker in workers:
             worker.close()
@@ -278,6 +281,23 @@ def run(args: argparse.Namespace, redis_missing: str | None = None) -> dict[str,
     data["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     data["workloads"] = [w.key for w in wls]
     return data
+
+
+def _round_groups(wls: list[Workload]) -> list[list[Workload]]:
+    """``wls`` in groups whose rounds interleave: a workload judged against
+    another chosen one (``w3_sync`` against permflow's ``w3_seq``) is measured
+    in the same rounds as it, so that drift of a noisy machine hits both
+    sides of the ratio alike."""
+    groups: list[list[Workload]] = []
+    group_of: dict[str, list[Workload]] = {}
+    for wl in wls:
+        linked = [b.workload for b in BASELINES.get(wl.key, ()) if b.workload in group_of]
+        group = group_of[linked[0]] if linked else []
+        if not linked:
+            groups.append(group)
+        group.append(wl)
+        group_of[wl.key] = group
+    return groups
 
 
 def _takes_part(name: str, family: str, wl: Workload) -> bool:

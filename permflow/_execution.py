@@ -8,9 +8,11 @@ both:
 * a sync step runs in a worker thread until it has finished in under
   ``FAST_SECONDS`` (100 µs) ``WARMUP_RUNS`` (3) times in a row;
 * from then on it runs inline on the event loop;
-* if an inline run ever takes longer than ``SLOW_SECONDS`` (1 ms), or the
-  step calls a sync permflow API (a nested ``invoke``), it goes back to
-  worker threads for good.
+* if ``SLOW_RUNS`` (2) inline runs in a row take longer than ``SLOW_SECONDS``
+  (1 ms) each, or the step calls a sync permflow API (a nested ``invoke``),
+  it goes back to worker threads for good. One slow run alone (a garbage
+  collection, the thread descheduled on a busy machine) does not demote a
+  fast step; a step that blocks has stalled the loop twice at most.
 
 Observations are shared by all steps made from the same function code, so
 100 lambdas built in one loop learn together. ``execution="thread"`` and
@@ -37,17 +39,26 @@ Execution = Literal["auto", "thread", "inline", "process"]
 
 FAST_SECONDS = 0.0001
 SLOW_SECONDS = 0.001
+SLOW_RUNS = 2
 WARMUP_RUNS = 3
-
-_local = threading.local()
 
 
 class _Profile:
-    __slots__ = ("fast_runs", "pinned")
+    __slots__ = ("fast_runs", "pinned", "slow_runs")
 
     def __init__(self) -> None:
         self.fast_runs = 0
+        #: inline runs in a row that took longer than SLOW_SECONDS
+        self.slow_runs = 0
         self.pinned = False
+
+
+class _Local(threading.local):
+    #: the profile of the sync step running in this thread, if any
+    profile: _Profile | None = None
+
+
+_local = _Local()
 
 
 _profiles: weakref.WeakKeyDictionary[Any, _Profile] = weakref.WeakKeyDictionary()
@@ -72,7 +83,7 @@ def note_blocking_call() -> None:
     Called by the sync facade: a step that calls ``invoke()`` must never run
     on the event loop thread, where a blocking call could deadlock.
     """
-    profile = getattr(_local, "profile", None)
+    profile = _local.profile
     if profile is not None:
         profile.pinned = True
 
@@ -109,15 +120,20 @@ class SyncRunner:
 
     def call_inline(self, value: Any, extra: dict[str, Any] | None = None) -> Any:
         """Call the function here, on the event loop's thread (when ``runs_inline``);
-        a slow call sends it back to worker threads for good."""
+        ``SLOW_RUNS`` slow calls in a row send it back to worker threads for good."""
         if self._mode == "inline":
             return self._func(value) if extra is None else self._func(value, **extra)
         started = time.perf_counter()
         try:
             return self._func(value) if extra is None else self._func(value, **extra)
         finally:
-            if time.perf_counter() - started > SLOW_SECONDS:
-                self._profile.pinned = True
+            profile = self._profile
+            if time.perf_counter() - started <= SLOW_SECONDS:
+                profile.slow_runs = 0
+            else:
+                profile.slow_runs += 1
+                if profile.slow_runs >= SLOW_RUNS:
+                    profile.pinned = True
 
     def _in_thread(self, value: Any, extra: dict[str, Any] | None) -> Any:
         profile = self._profile

@@ -10,11 +10,9 @@ Blocking on that loop deadlocks if the loop itself is blocked: a step running
 on the loop's thread that calls a sync API. That call, and every sync call
 made while it lasts, is served by a temporary loop in a fresh thread.
 
-Handing a call to the background loop and back costs two thread wake-ups.
-A call that needs nothing from that loop (``run_here``: a PubSub over the
-in-memory connection whose steps are plain functions already running on the
-event loop) runs instead on an event loop of the calling thread, kept for
-the thread's later calls, when that thread runs no event loop of its own.
+Handing a call to the background loop and back costs two thread wake-ups;
+a call that needs nothing from that loop runs on the calling thread instead
+(``permflow._here``).
 """
 
 from __future__ import annotations
@@ -22,17 +20,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
-import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._execution import note_blocking_call
 
-__all__ = ["portal", "run_here", "run_sync"]
+__all__ = ["portal", "run_sync"]
 
 T = TypeVar("T")
 
@@ -158,69 +155,3 @@ def _submit(
     future.add_done_callback(cancel_task)
     loop.call_soon_threadsafe(start, context=contextvars.Context())
     return future
-
-
-class _OwnLoop:
-    """A thread's own event loop for ``run_here``, closed with the thread (when
-    the thread's locals are dropped)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-
-    def __del__(self) -> None:
-        if not self.loop.is_closed():
-            self.loop.close()
-
-
-_here = threading.local()
-
-
-def _no_loop_running() -> bool:
-    """Whether this thread runs no event loop (asyncio's, trio's) right now."""
-    if asyncio._get_running_loop() is not None:
-        return False
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:  # no trio run in this thread
-            return True
-        return False
-    return True
-
-
-def run_here(func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
-    """``run_sync``, but on this thread's own event loop when it runs none
-    (no hand-off to the background loop and back): for calls that hold
-    nothing bound to one loop and wait for nothing another thread must do.
-
-    Ctrl-C (KeyboardInterrupt) cancels the call before it is raised.
-    """
-    if not _no_loop_running():
-        return run_sync(func, *args)
-    note_blocking_call()
-    own: _OwnLoop | None = getattr(_here, "own", None)
-    if own is None or own.loop.is_closed():
-        own = _here.own = _OwnLoop()
-    loop = own.loop
-    # a fresh context, as on the background loop: the caller's must not leak into the run
-    coro = _stopping_at_end(loop, func(*args))
-    task: asyncio.Task[T] = contextvars.Context().run(loop.create_task, coro)
-    try:
-        loop.run_forever()
-    except KeyboardInterrupt:
-        if not task.done():  # interrupted between steps of the run: cancel it, let it clean up
-            task.cancel()
-            with suppress(BaseException):  # the interrupt is what the caller must see
-                loop.run_forever()
-        raise
-    return task.result()
-
-
-async def _stopping_at_end(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
-    """Await ``coro``, then stop ``loop`` (which ends ``run_forever`` after this
-    step: one loop iteration fewer than ``run_until_complete`` needs)."""
-    try:
-        return await coro
-    finally:
-        loop.stop()

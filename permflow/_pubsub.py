@@ -19,9 +19,10 @@ from ._context import RUN_KEY
 from ._engine import CLEANUP_SECONDS, Run, Settings, Tracer
 from ._errors import ConfigError, DefinitionError, PermflowWarning
 from ._graph import DYNAMIC, Graph
+from ._here import run_here
 from ._message import Message, MessageList
 from ._plan import Plan
-from ._portal import run_here, run_sync
+from ._portal import run_sync
 from ._process import Process
 from ._remote import RemoteRun
 from ._resources import check_factories, closing_from
@@ -344,13 +345,11 @@ class PubSub(Runnable):
         run until idle, return the values published to ``Topic.OUT`` meanwhile.
         Works from threads, from a running event loop and from within a step."""
 
-        async def go() -> list[Any]:
-            return await self.ainvoke(input, config, topic=topic)
-
+        ainvoke = self.ainvoke if topic is None else functools.partial(self.ainvoke, topic=topic)
         try:
             if self._runs_anywhere():
-                return run_here(functools.partial(self.ainvoke, topic=topic), input, config)
-            return run_sync(go)
+                return run_here(ainvoke, input, config)
+            return run_sync(ainvoke, input, config)
         except Exception as exc:
             trim_traceback(exc)
             raise

@@ -15,7 +15,7 @@ import pytest
 from helpers import call_with_deadline
 
 from permflow import PubSub, RunnableLambda, Topic
-from permflow._execution import SLOW_SECONDS, WARMUP_RUNS
+from permflow._execution import SLOW_RUNS, SLOW_SECONDS, WARMUP_RUNS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,20 +80,40 @@ async def test_fast_sync_step_moves_inline_after_warmup() -> None:
 
 
 @pytest.mark.anyio
-async def test_slow_inline_run_sends_step_back_to_threads_for_good() -> None:
-    """One slow inline call pins the step to worker threads, however fast it is afterwards."""
+async def test_slow_inline_runs_in_a_row_send_step_back_to_threads_for_good() -> None:
+    """SLOW_RUNS slow inline calls in a row pin the step to worker threads, however fast it is afterwards."""
     loop = threading.current_thread()
     probe = Probe()
     step = RunnableLambda(probe)
     await _warm_until_inline(step, probe, loop)
     probe.slow = True
-    await step.ainvoke("slow")
-    assert probe.threads[-1] is loop  # the slow call itself still ran inline
+    for _ in range(SLOW_RUNS):
+        await step.ainvoke("slow")
+        assert probe.threads[-1] is loop  # the slow calls themselves still ran inline
     probe.slow = False
     before = len(probe.threads)
     for i in range(WARMUP_RUNS * 4):
         await step.ainvoke(i)
     assert all(t is not loop for t in probe.threads[before:])
+
+
+@pytest.mark.anyio
+async def test_one_slow_inline_run_between_fast_ones_keeps_step_inline() -> None:
+    """A slow inline call now and then (a GC pause, a busy machine) does not demote a fast step."""
+    loop = threading.current_thread()
+    probe = Probe()
+    step = RunnableLambda(probe)
+    await _warm_until_inline(step, probe, loop)
+    for _ in range(3):
+        probe.slow = True
+        await step.ainvoke("slow")
+        probe.slow = False
+        await step.ainvoke("fast")
+    assert step.sync_runner is not None and step.sync_runner.runs_inline
+    before = len(probe.threads)
+    for i in range(WARMUP_RUNS):
+        await step.ainvoke(i)
+    assert all(t is loop for t in probe.threads[before:])
 
 
 @pytest.mark.anyio
