@@ -164,6 +164,8 @@ class Run(Delivering):
         """
         conn, sid = self.conn, self.state_id
         self._counts = counts
+        if counts is not None:
+            conn.assume_registered(sid, self.plan.subscriptions)
         timeout = self.settings.timeout
         deadline = anyio.move_on_after(timeout) if timeout is not None else nullcontext()
         clean = False

@@ -163,3 +163,34 @@ def test_a_script_call_is_packed_as_the_redis_protocol_says(anyio_backend: str) 
     assert packed == expected
     with pytest.raises(TypeError, match="bool"):
         _pack("a" * 40, [], [True])
+
+
+async def test_a_worker_gets_each_next_delivery_with_the_commit_before_it(
+    anyio_backend: str, redis_url: str, redis_prefix: str, round_trips: list[list[str]]
+) -> None:
+    """A worker driving a 3-step run fetches once (the input); each next delivery comes
+    with the commit before it, and the last commit answers what is outstanding."""
+    from permflow import RedisPubSubConnection
+    from permflow._worker import Worker
+
+    client_conn = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0)
+    worker_conn = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0)
+    try:
+        worker = Worker(PubSub(*three_steps(), connection=worker_conn), name="w1")
+        client = PubSub(*three_steps(), connection=client_conn).with_workers()
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                await tg.start(worker.run)
+                assert await client.ainvoke(1) == [19]  # scripts loaded, worker warm
+                round_trips.clear()
+                assert await client.ainvoke(2) == [29]
+                worker.stop()
+    finally:
+        await client_conn.aclose()
+        await worker_conn.aclose()
+    scripts = Counter(name for trip in round_trips for name in trip)
+    assert scripts["COMMIT"] == 3
+    # the input's delivery, sent once: the worker knew the run's topics' keys to declare;
+    # the other deliveries came with the commits
+    assert scripts["FETCH"] == 1
+    assert scripts["OUTSTANDING"] == 1  # the worker's look at what its claim brought

@@ -104,6 +104,11 @@ class PubSubConnection(ABC):
         await self.register(state_id, subscriptions)
         return await self.publish(state_id, messages)
 
+    def assume_registered(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:  # noqa: B027
+        """Note that ``subscriptions`` are registered for ``state_id`` (by a
+        worker's client, say), sending nothing: a connection may then fetch
+        ahead for those processes and count them, as after ``register``."""
+
     @abstractmethod
     async def fetch(
         self, state_id: str, process: str, *, owner: str, limit: int | None = None

@@ -107,6 +107,11 @@ class RedisRuns(RedisCore):
                 packed = bytes(earlier[2]) + bytes(packed or b"")
             bound.ahead[key] = (mode, topic_raw, packed)
 
+    def assume_registered(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
+        self._learn_readers(state_id, subscriptions)
+        with self._lock:  # the keys its scripts declare: none is sent back for more
+            self._topics.setdefault(state_id, set()).update(sub.topic for sub in subscriptions)
+
     def _learn_readers(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
         readers: dict[str, tuple[str, ...]] = {}
         for sub in subscriptions:
@@ -138,7 +143,11 @@ class RedisRuns(RedisCore):
     ) -> list[Delivery]:
         keys, args = self._keys(state_id)
         bound = self._client()
-        ahead = bound.ahead.pop((state_id, process, owner), None) if limit is None else None
+        ahead = bound.ahead.pop((state_id, process, owner), None)
+        if ahead is not None and limit is not None and len(codec.unpack_entries(ahead[2] or b"")) > limit:
+            # more than a worker has room for: hand it all back, fetch what fits
+            await self._unfetch(bound, state_id, process, owner, codec.text(ahead[1]), ahead[2])
+            ahead = None
         if ahead is not None:
             mode, topic_raw, packed = ahead
         else:
