@@ -143,13 +143,14 @@ class RemoteRun:
 
     async def _submit(self, topic: str | None, value: Any) -> str | None:
         """Register, store the input and announce the run; the last log id seen."""
-        conn, sid = self.conn, self.state_id
-        await conn.register(sid, self.plan.subscriptions)
+        conn, sid, subscriptions = self.conn, self.state_id, self.plan.subscriptions
         if topic is None:
+            await conn.register(sid, subscriptions)
             log = await conn.read_log(sid, None)
             after = log[-1].id if log else None
         else:
-            stored = await conn.publish(sid, [Message(topic, value, sid, time.time())])
+            message = Message(topic, value, sid, time.time())
+            stored = await conn.start(sid, subscriptions, [message], owner=None)  # no step runs here
             for message in stored:
                 self.emit(message)
             after = stored[-1].id

@@ -143,7 +143,7 @@ def test_bad_targets_get_one_clear_line(tmp_path: Path, target: str, expected: s
         (["runs"], "listing state ids under prefix 'permflow'"),
         (["peek", "s1"], "reading the log of state id 's1'"),
         (["invoke", "app:pubsub", '"a"'], "starting a run of state id"),
-        (["invoke", "app:pubsub", '"a"', "--workers"], "registering processes of state id"),
+        (["invoke", "app:pubsub", '"a"', "--workers"], "starting a run of state id"),
     ],
 )
 def test_an_unreachable_redis_is_one_line_and_exit_1(tmp_path: Path, command: list[str], doing: str) -> None:

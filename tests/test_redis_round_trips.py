@@ -194,3 +194,19 @@ async def test_a_worker_gets_each_next_delivery_with_the_commit_before_it(
     # the other deliveries came with the commits
     assert scripts["FETCH"] == 1
     assert scripts["OUTSTANDING"] == 1  # the worker's look at what its claim brought
+    assert scripts["START"] == 1 and "REGISTER" not in scripts  # the client's one call to begin
+
+
+async def test_a_call_larger_than_the_socket_takes_at_once_is_sent_whole(
+    anyio_backend: str, conn: Any
+) -> None:
+    """A script call of several MB (the socket's buffer fills: the write waits for it) reaches
+    Redis whole, and the connection goes on serving calls."""
+    from permflow import Message
+
+    big = "x" * (8 * 1024 * 1024)
+    with anyio.fail_after(20):
+        await conn.publish("big", [Message("t", big, "big", 0.0)])
+        await conn.publish("big", [Message("t", "small", "big", 0.0)])
+        log = await conn.apeek("big")
+    assert [m.value for m in log] == [big, "small"]

@@ -91,13 +91,14 @@ class PubSubConnection(ABC):
         subscriptions: Sequence[Subscription],
         messages: Sequence[Message],
         *,
-        owner: str,
+        owner: str | None,
         keep: bool = True,
     ) -> list[Message]:
         """``register`` then ``publish``: the beginning of a run that ``owner``
-        drives. A connection may do both in one round trip and fetch, for
-        ``owner``, what ``messages`` gave their readers (its next ``fetch``
-        of them then costs nothing). ``keep=False``: the caller deletes the
+        drives (None: nobody here, as for a client of workers). A connection
+        may do both in one round trip and fetch, for ``owner``, what
+        ``messages`` gave their readers (its next ``fetch`` of them then costs
+        nothing). ``keep=False``: the caller deletes the
         state id when the run ends, so a connection need not tidy up its
         finished state. Raises what those two raise; on a ``DefinitionError``,
         nothing is stored."""

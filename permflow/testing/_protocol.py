@@ -132,6 +132,40 @@ class ProtocolSuite:
             with pytest.raises(DefinitionError, match="'p'"):
                 await connection.register("s", [Subscription("p", "other")])
 
+    async def test_start_registers_publishes_and_hands_out_the_input(
+        self, connection: PubSubConnection
+    ) -> None:
+        """start registers the processes and stores the input (with ids); the owner's
+        next fetch gets it, whether or not the connection fetched it ahead."""
+        with anyio.fail_after(BACKSTOP):
+            subscriptions, first = [Subscription("p", "t")], [_message("t", 1, "s")]
+            stored = await connection.start("s", subscriptions, first, owner="o1")
+            (delivery,) = await connection.fetch("s", "p", owner="o1")
+            assert await connection.fetch("s", "p", owner="o2") == []
+            log = await connection.apeek("s")
+        assert [(m.topic, m.value) for m in stored] == [("t", 1)] and stored[0].id
+        assert [m.id for m in delivery.messages] == [stored[0].id] == [m.id for m in log]
+
+    async def test_start_without_an_owner_fetches_nothing(self, connection: PubSubConnection) -> None:
+        """start for a client of workers (owner None) stores the input and hands nothing
+        out: the first fetch of any owner gets it."""
+        with anyio.fail_after(BACKSTOP):
+            await connection.start("s", [Subscription("p", "t")], [_message("t", 1, "s")], owner=None)
+            (delivery,) = await connection.fetch("s", "p", owner="worker")
+        assert [m.value for m in delivery.messages] == [1]
+
+    async def test_a_start_with_a_changed_subscription_stores_nothing(
+        self, connection: PubSubConnection
+    ) -> None:
+        """start with a process name reading another topic raises DefinitionError naming it,
+        and its messages are not stored."""
+        with anyio.fail_after(BACKSTOP):
+            await connection.register("s", [Subscription("p", "t")])
+            with pytest.raises(DefinitionError, match="'p'"):
+                changed = [Subscription("p", "other")]
+                await connection.start("s", changed, [_message("t", 1, "s")], owner="o1")
+            assert await connection.apeek("s") == []
+
     async def test_delete_forgets_a_state_id(self, connection: PubSubConnection) -> None:
         """After delete, peek is empty and nothing is outstanding; other state ids are untouched."""
         with anyio.fail_after(BACKSTOP):

@@ -341,7 +341,7 @@ class Bound:
                 await _fresh(connection)
             except Exception as exc:
                 raise _NotSent(exc) from exc
-            await connection.send_packed_command(packed, check_health=False)
+            await _send(connection, packed)
             for _ in calls:
                 try:
                     replies.append(await connection.read_response())
@@ -389,6 +389,21 @@ async def _fresh(connection: Any) -> None:
     if stale:
         await connection.disconnect()
         await connection.connect()
+
+
+async def _send(connection: Any, packed: bytes) -> None:
+    """Send ``packed`` on ``connection``. A write the socket takes at once (the
+    usual case: a few hundred bytes) costs no task: redis-py would wrap it in
+    ``asyncio.wait_for``, which starts one per call. A write that must wait for
+    the socket goes through redis-py (its socket timeout and error handling)."""
+    writer: Any = getattr(connection, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+        await connection.send_packed_command(packed, check_health=False)
+        return
+    writer.write(packed)
+    if transport.get_write_buffer_size():  # the socket did not take it all: wait, bounded
+        await connection.send_packed_command(b"", check_health=False)
 
 
 def _pack(sha: str, keys: list[str], args: list[Any]) -> bytes:

@@ -53,7 +53,7 @@ class RedisRuns(RedisCore):
         subscriptions: Sequence[Subscription],
         messages: Sequence[Message],
         *,
-        owner: str,
+        owner: str | None,
         keep: bool = True,
     ) -> list[Message]:
         if not keep:  # deleted when it ends: not made compact when it finishes
@@ -73,14 +73,15 @@ class RedisRuns(RedisCore):
             await self._release_left(state_id)
         bound = await self._ready()
         self._learn_readers(state_id, subscriptions)
-        follow = self._followers(state_id, messages)
-        args += (owner, self._lease_ms, lua.RELEASED, len(follow), *follow)
+        follow = self._followers(state_id, messages) if owner is not None else ()
+        args += (owner or "", self._lease_ms, lua.RELEASED, len(follow), *follow)
         with self._failures(f"starting a run of state id {state_id!r}"):
             topics = [*(sub.topic for sub in subscriptions), *(m.topic for m in messages)]
             reply = await self._call(bound, "START", state_id, [*keys, f"{args[0]}:stop"], args, topics)
         if not isinstance(reply[0], list):
             _refuse(state_id, reply)
-        self._keep_ahead(bound, state_id, owner, follow, reply)
+        if owner is not None:
+            self._keep_ahead(bound, state_id, owner, follow, reply)
         return codec.stored(state_id, messages, reply[0])
 
     def _followers(self, state_id: str, messages: Sequence[Message]) -> tuple[str, ...]:
