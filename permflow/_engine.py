@@ -224,6 +224,8 @@ class Run(Delivering):
             if topic is not None:
                 message = Message(topic, value, sid, time.time())
                 if register:
+                    # a start cut off on the wire may still have handed us its fetch
+                    self._fetched = True
                     subscriptions = self.plan.subscriptions
                     keep = self.resumable  # else deleted when it ends
                     stored = await conn.start(sid, subscriptions, [message], owner=self.owner, keep=keep)

@@ -105,6 +105,12 @@ def run_here(func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     return task.result()
 
 
+def _run(handle: asyncio.Handle) -> None:
+    """Run a ready callback as the loop would: a cancelled one is skipped."""
+    if not handle.cancelled():
+        handle._run()
+
+
 def _step(loop: asyncio.AbstractEventLoop, ready: deque[asyncio.Handle], task: asyncio.Task[Any]) -> None:
     """Run ``loop``'s ready callbacks while ``task`` is not done, then once more
     those that its end scheduled; the loop runs on this thread meanwhile."""
@@ -115,10 +121,10 @@ def _step(loop: asyncio.AbstractEventLoop, ready: deque[asyncio.Handle], task: a
     asyncio._set_running_loop(loop)
     try:
         while ready and not task.done():
-            ready.popleft()._run()
+            _run(ready.popleft())
         if task.done():
             for _ in range(len(ready)):
-                ready.popleft()._run()
+                _run(ready.popleft())
     finally:
         asyncio._set_running_loop(None)
         sys.set_asyncgen_hooks(*hooks)

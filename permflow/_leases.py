@@ -36,9 +36,10 @@ async def renewing(renew: Callable[[float], Awaitable[None]], interval: float) -
                 tg.cancel_scope.cancel()
         return
     tasks: list[asyncio.Task[None]] = []
+    scopes: list[anyio.CancelScope] = []
 
     def due() -> None:
-        tasks.append(loop.create_task(_as_coroutine(renew, 0.0)))
+        tasks.append(loop.create_task(_in_scope(renew, 0.0, scopes)))
 
     timer = loop.call_later(interval, due)
     try:
@@ -46,9 +47,22 @@ async def renewing(renew: Callable[[float], Awaitable[None]], interval: float) -
     finally:
         timer.cancel()
         if tasks:
-            tasks[0].cancel()
+            # through its cancel scope once it has one, so that the shields of what it
+            # calls hold (handing a pooled connection back, say)
+            if scopes:
+                scopes[0].cancel()
+            else:
+                tasks[0].cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.wait(tasks)
+
+
+async def _in_scope(
+    renew: Callable[[float], Awaitable[None]], first_wait: float, scopes: list[anyio.CancelScope]
+) -> None:
+    with anyio.CancelScope() as scope:
+        scopes.append(scope)
+        await renew(first_wait)
 
 
 async def _as_coroutine(renew: Callable[[float], Awaitable[None]], first_wait: float) -> None:

@@ -48,6 +48,8 @@ async def test_a_run_costs_one_start_and_one_commit_per_step(
     script per exchange."""
     pubsub = PubSub(*three_steps(), connection=conn)
     with anyio.fail_after(10):
+        await pubsub.ainvoke(0)  # the scripts are loaded: no call is sent again for NOSCRIPT
+        round_trips.clear()
         assert await pubsub.ainvoke(1) == [19]
     assert round_trips == [["START"], ["COMMIT"], ["COMMIT"], ["COMMIT"], ["DELETE"]]
 
@@ -59,6 +61,8 @@ async def test_a_resumed_run_starts_from_its_stored_state(
     runs once, and the log keeps every earlier message in order."""
     pubsub = PubSub(*three_steps(), connection=conn)
     with anyio.fail_after(10):
+        await pubsub.ainvoke(0)  # the scripts are loaded: no call is sent again for NOSCRIPT
+        round_trips.clear()
         assert await pubsub.ainvoke(1, {"state_id": "again"}) == [19]
         assert await pubsub.ainvoke(2, {"state_id": "again"}) == [29]
         assert await pubsub.ainvoke(None, {"state_id": "again"}) == []
@@ -210,3 +214,81 @@ async def test_a_call_larger_than_the_socket_takes_at_once_is_sent_whole(
         await conn.publish("big", [Message("t", "small", "big", 0.0)])
         log = await conn.apeek("big")
     assert [m.value for m in log] == [big, "small"]
+
+
+async def test_a_start_whose_reply_never_came_leaves_nothing_held(
+    anyio_backend: str, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A START that ran but whose reply was lost (the call failed) handed the run's driver its
+    input: the failed run hands it back, so a resume runs it at once, even with leases that
+    never run out."""
+    import math
+
+    from permflow import ConnectionFailedError, RedisPubSubConnection
+
+    conn = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=math.inf)
+    original = type(conn).start
+
+    async def cut_off(self: Any, *args: Any, **kwargs: Any) -> Any:
+        await original(self, *args, **kwargs)  # it ran...
+        self._client().ahead.clear()  # ...and its reply, with the fetched input, was lost
+        raise ConnectionFailedError("the reply was lost")
+
+    try:
+        pubsub = PubSub(*three_steps(), connection=conn)
+        monkeypatch.setattr(type(conn), "start", cut_off)
+        with anyio.fail_after(10), pytest.raises(ConnectionFailedError):
+            await pubsub.ainvoke(1, {"state_id": "cut"})
+        monkeypatch.undo()
+        with anyio.fail_after(10):
+            assert await pubsub.ainvoke(None, {"state_id": "cut"}) == [19]
+    finally:
+        await conn.aclose()
+
+
+async def test_a_round_sent_after_a_need_reply_finds_what_an_earlier_send_stored(
+    anyio_backend: str, conn: Any
+) -> None:
+    """A script that stores, sent again because it lacked the keys of some topics, goes in its
+    twin's form (which finds what a send whose reply was lost stored): never stored twice."""
+    from permflow.connections.redis import _scripts as lua
+
+    sent: list[str] = []
+
+    class Replies:
+        async def run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+            sent.append(name)
+            return [lua.NEED, b"more"] if len(sent) == 1 else [b"1-0"]
+
+    for name, twin in [("COMMIT", "RECOMMIT"), ("PUBLISH", "REPUBLISH"), ("START", "RESTART")]:
+        sent.clear()
+        keys, args = conn._keys("need")
+        await conn._call(Replies(), name, "need", keys, args)
+        assert sent == [name, twin]
+    sent.clear()
+    await conn._call(Replies(), "FETCH", "need", *conn._keys("need"))
+    assert sent == ["FETCH", "FETCH"]  # stores nothing: sent as it is
+
+
+async def test_a_worker_fetches_ahead_only_what_its_commit_stored(
+    anyio_backend: str, conn: Any, round_trips: list[list[str]]
+) -> None:
+    """Where a worker drives (assume_registered), a commit fetches ahead for a reader at most as
+    many deliveries as it stored, even with more waiting; the counts stay exact."""
+    from permflow import Message, Subscription
+
+    subscriptions = [Subscription("a", "in"), Subscription("b", "t")]
+    with anyio.fail_after(10):
+        await conn.register("w", subscriptions)
+        await conn.publish("w", [Message("t", v, "w", 0.0) for v in range(5)])  # waiting for b
+        await conn.publish("w", [Message("in", "go", "w", 0.0)])
+        conn.assume_registered("w", subscriptions)
+        (delivery,) = await conn.fetch("w", "a", owner="worker", limit=10)
+        await conn.commit(delivery, [Message("t", 5, "w", 0.0)], owner="worker")
+        round_trips.clear()
+        ahead = await conn.fetch("w", "b", owner="worker", limit=10)
+        assert round_trips == []  # it came with the commit
+        assert [d.messages[0].value for d in ahead] == [0]  # one, the oldest waiting
+        assert await conn.outstanding("w", ["b"]) == {"b": 6}
+        rest = await conn.fetch("w", "b", owner="worker", limit=10)
+    assert [d.messages[0].value for d in rest] == [1, 2, 3, 4, 5]

@@ -38,6 +38,10 @@ _FOREVER_MS = 2**62
 _MAX_TOPIC_RUNS = 4096
 #: Times a script is sent with the keys of more topics before giving up.
 _MAX_TOPIC_ROUNDS = 8
+#: Scripts that store, and their twins, which find what an earlier send of the
+#: same call stored instead of storing it again (and do what the first does when
+#: nothing was): a round sent after a NEED reply uses the twin.
+_STORES_AGAIN = {"COMMIT": "RECOMMIT", "PUBLISH": "REPUBLISH", "START": "RESTART"}
 #: Seconds a call waits for Redis to answer (or to accept a connection) before
 #: it fails with ConnectionFailedError, for clients permflow makes.
 SOCKET_TIMEOUT = 5.0
@@ -140,6 +144,9 @@ class RedisCore(PubSubConnection):
         # state ids their runs delete when they end (an ordered set): their
         # finished state is not made compact first.
         self._fleeting: dict[str, None] = {}
+        # state ids a worker drives here (an ordered set): it fetches ahead only
+        # as much as a commit stored, not all that waits.
+        self._bounded: dict[str, None] = {}
         self._lock = threading.Lock()
         # worker -> entry ids of the claims this connection handed it and it has not
         # finished: only these are renewed. A claim whose reply never reached its
@@ -258,6 +265,9 @@ class RedisCore(PubSubConnection):
             reply = await bound.run(name, declared, args)
             if not (isinstance(reply, list) and reply and reply[0] == lua.NEED):
                 return reply
+            # This round may have been a resend after a lost reply (in its twin's
+            # form): the next one, too, must find out what an earlier send stored.
+            name = _STORES_AGAIN.get(name, name)
             with self._lock:
                 known.update(codec.text(t) for t in reply[1:])
         raise ConnectionFailedError(

@@ -112,6 +112,9 @@ class RedisRuns(RedisCore):
         self._learn_readers(state_id, subscriptions)
         with self._lock:  # the keys its scripts declare: none is sent back for more
             self._topics.setdefault(state_id, set()).update(sub.topic for sub in subscriptions)
+            if len(self._bounded) >= _MAX_LEARNED and state_id not in self._bounded:
+                self._bounded.pop(next(iter(self._bounded)))
+            self._bounded[state_id] = None
 
     def _learn_readers(self, state_id: str, subscriptions: Sequence[Subscription]) -> None:
         readers: dict[str, tuple[str, ...]] = {}
@@ -250,6 +253,8 @@ class RedisRuns(RedisCore):
         # nothing to fetch next: the engine asks what is outstanding next; answer now
         names = () if follow else (self._names.get(state_id) or ())
         args += (len(names), *names, 0 if state_id in self._fleeting else 1)
+        # a worker takes no more than its room: ahead, at most what this commit stored
+        args.append(len(messages) if state_id in self._bounded else 0)
         bound = await self._ready()
         with self._failures(f"committing for process {delivery.process!r} of state id {state_id!r}"):
             touched = [topic, *(m.topic for m in messages)]
@@ -259,9 +264,10 @@ class RedisRuns(RedisCore):
         self._keep_ahead(bound, state_id, owner, follow, reply)
         if names:
             last, *counts = reply[1:]
-            if len(self._counted) >= _MAX_LEARNED:
-                self._counted.pop(next(iter(self._counted)), None)
-            self._counted[state_id] = (dict(zip(names, counts, strict=True)), last or b"0-0")
+            with self._lock:
+                if len(self._counted) >= _MAX_LEARNED:
+                    self._counted.pop(next(iter(self._counted)), None)
+                self._counted[state_id] = (dict(zip(names, counts, strict=True)), last or b"0-0")
         return codec.stored(state_id, messages, reply[0])
 
     async def charge(self, delivery: Delivery, *, owner: str) -> bool:
@@ -343,9 +349,11 @@ class RedisRuns(RedisCore):
     async def adelete(self, state_id: str) -> None:
         keys, args = self._keys(state_id)
         bound = await self._ready()
-        self._readers.pop(state_id, None)
-        self._names.pop(state_id, None)
-        self._fleeting.pop(state_id, None)
+        with self._lock:
+            self._readers.pop(state_id, None)
+            self._names.pop(state_id, None)
+            self._fleeting.pop(state_id, None)
+            self._bounded.pop(state_id, None)
         with self._failures(f"deleting state id {state_id!r}"):
             marks = [f"{args[0]}:failed", f"{args[0]}:stop"]
             await self._call(bound, "DELETE", state_id, [*keys, *marks], args)

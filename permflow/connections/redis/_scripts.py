@@ -78,6 +78,9 @@ local function commit(again)
   local stream = tkey(topic)
   local j = 12 + n + 5 * tonumber(ARGV[11 + n])
   local lease, released, last = tonumber(ARGV[j]), ARGV[j + 1], j + 2 + tonumber(ARGV[j + 2])
+  local q = tonumber(ARGV[last + 1])
+  -- At most this many deliveries fetched ahead per reader (0: all there are).
+  local ahead = tonumber(ARGV[last + 3 + q])
   local wanted = message_topics({topic}, 11 + n)
   for r = j + 3, last do read_topic(wanted, ARGV[r]) end
   local missing = undeclared(wanted)
@@ -90,8 +93,12 @@ local function commit(again)
     chunks(ids, 1000, function(part) redis.call('XACK', stream, process, unpack(part)) end)
     uncount(process, n)
     if maxlen > 0 then trim(stream) end
+    -- Readers fetched for below without a limit get their counts set by that
+    -- fetch; with a limit, some may stay unread: counted here.
     local recount = {}
-    for r = j + 3, last do recount[ARGV[r]] = true end
+    if ahead == 0 then
+      for r = j + 3, last do recount[ARGV[r]] = true end
+    end
     stored = store(11 + n, recount)
     changed()
     touch()
@@ -110,10 +117,9 @@ local function commit(again)
   end
   local reply = {stored}
   for r = j + 3, last do
-    for _, x in ipairs(fetch(ARGV[r], owner, lease, 0, released)) do reply[#reply + 1] = x end
+    for _, x in ipairs(fetch(ARGV[r], owner, lease, ahead, released)) do reply[#reply + 1] = x end
   end
   -- ARGV[last + 2 + q]: 0 if the run is deleted when it ends (no compact form).
-  local q = tonumber(ARGV[last + 1])
   if ARGV[last + 2 + q] ~= '0' then settle() end
   -- The outstanding counts of processes ARGV[last + 2..], after all of it.
   if q > 0 then
@@ -128,7 +134,8 @@ end
 # KEYS[6]: the stop mark. ARGV[5..]: process, topic, owner, first id, last id, n,
 # ids..., then messages, then lease_ms, released consumer, k, k reader processes,
 # q, q processes to count, 1 (0: the run is deleted when it ends, so it is not
-# made compact when it finishes). Returns false if owner lost the delivery or the run
+# made compact when it finishes), the most deliveries to fetch ahead per reader
+# (0: all). Returns false if owner lost the delivery or the run
 # was stopped, else {log ids of the stored messages, then per reader its fetch
 # reply (mode, topic, packed), then (if q > 0) the last change id and the q
 # outstanding counts}: the readers of what was just stored are fetched for owner
