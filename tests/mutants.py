@@ -313,6 +313,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_redis_round_trips.py",),
     ),
     Mutant(
+        "fleeting_commit_declares_all",
+        "permflow/connections/redis/_runs.py",
+        "            only = self.ttl is None and state_id in self._fleeting",
+        "            only = False",
+        "a commit of a run deleted at its end declares only the topics it touches",
+        ("tests/test_redis_round_trips.py",),
+    ),
+    Mutant(
         "commit_counts_kept_stale",
         "permflow/connections/redis/_core.py",
         "        self._counted.pop(state_id, None)\n",

@@ -78,6 +78,29 @@ class TestScriptsDeclareTheirKeys(ConnectionSuite):
             yield conn
 
 
+class TestScriptsDeclareTheirKeysWithoutTtl(ConnectionSuite):
+    """The conformance suite without ttl, on scripts that fail on an undeclared key: a run
+    deleted at its end then declares only the topics each commit touches."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    async def connection(
+        self, redis_url: str, redis_prefix: str, checked_scripts: None
+    ) -> AsyncIterator[PubSubConnection]:
+        async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0) as conn:
+            yield conn
+
+    @pytest.fixture
+    async def lease_connection(
+        self, redis_url: str, redis_prefix: str, checked_scripts: None
+    ) -> AsyncIterator[PubSubConnection]:
+        async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=0.5) as conn:
+            yield conn
+
+
 async def test_the_checker_catches_an_undeclared_key(redis_url: str, redis_prefix: str) -> None:
     """A script touching a key it did not declare fails under the checker (the check is real)."""
     import redis.asyncio

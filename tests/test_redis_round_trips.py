@@ -8,6 +8,7 @@ check that the shortcuts change nothing a run promises.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -292,3 +293,32 @@ async def test_a_worker_fetches_ahead_only_what_its_commit_stored(
         assert await conn.outstanding("w", ["b"]) == {"b": 6}
         rest = await conn.fetch("w", "b", owner="worker", limit=10)
     assert [d.messages[0].value for d in rest] == [1, 2, 3, 4, 5]
+
+
+async def test_a_commit_of_a_run_deleted_at_its_end_declares_only_its_topics(
+    anyio_backend: str, conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a 20-step chain without a state id (no ttl), each commit declares the keys of the
+    topics it touches (its delivery's and its output's), not those of all 21 topics; with a
+    state id the run is kept (and made compact at its end), so its commits declare them all."""
+    from permflow.connections.redis._client import Bound
+
+    declared: list[tuple[str, int]] = []
+    original = Bound._write_read
+
+    async def counting(self: Bound, calls: list[Any], *args: Any, **kwargs: Any) -> None:
+        declared.extend((name, len(keys)) for name, keys, _ in calls)
+        await original(self, calls, *args, **kwargs)
+
+    monkeypatch.setattr(Bound, "_write_read", counting)
+    topics = [Topic.IN, *(Topic(f"s{i}") for i in range(19)), Topic.OUT]
+    chain = [a.subscribe() | (lambda x: x + 1) | b.publish() for a, b in itertools.pairwise(topics)]
+    pubsub = PubSub(*chain, connection=conn)
+    with anyio.fail_after(20):
+        assert await pubsub.ainvoke(0) == [20]
+        fleeting = [n for name, n in declared if name == "COMMIT"]
+        declared.clear()
+        assert await pubsub.ainvoke(0, {"state_id": "kept"}) == [20]
+        kept = [n for name, n in declared if name == "COMMIT"]
+    assert len(fleeting) == 20 and max(fleeting) <= 6 + 2 * 2  # base keys, stop mark, 2 topics
+    assert min(kept) >= 6 + 2 * 20  # every topic the run has readers of

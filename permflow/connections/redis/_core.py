@@ -244,10 +244,13 @@ class RedisCore(PubSubConnection):
         keys: list[str],
         args: list[Any],
         topics: Iterable[str] = (),
+        *,
+        only: bool = False,
     ) -> Any:
         """Run script ``name`` of ``state_id`` with ``keys`` and the keys of the
-        run's topics: those known here and ``topics``. A script that needs the
-        keys of other topics changes nothing and names them; it is sent again."""
+        run's topics: those known here and ``topics`` (``only``: just ``topics``,
+        for a script that touches no other). A script that needs the keys of
+        other topics changes nothing and names them; it is sent again with them."""
         base = args[0]
         self._counted.pop(state_id, None)
         with self._lock:
@@ -256,9 +259,10 @@ class RedisCore(PubSubConnection):
                 del self._topics[next(iter(self._topics))]
             known.update(topics)
             self._topics[state_id] = known
+            chosen = set(topics) if only else known
         for _ in range(_MAX_TOPIC_ROUNDS):
             with self._lock:
-                names = sorted(known)
+                names = sorted(chosen)
             declared = [*keys]
             for topic in names:
                 declared += (f"{base}:t:{topic}", f"{base}:r:{topic}")
@@ -269,7 +273,9 @@ class RedisCore(PubSubConnection):
             # form): the next one, too, must find out what an earlier send stored.
             name = _STORES_AGAIN.get(name, name)
             with self._lock:
-                known.update(codec.text(t) for t in reply[1:])
+                missing = {codec.text(t) for t in reply[1:]}
+                known.update(missing)
+                chosen.update(missing)
         raise ConnectionFailedError(
             f"the topics of state id {state_id!r} kept changing while a script of it was sent "
             f"{_MAX_TOPIC_ROUNDS} times; try again"

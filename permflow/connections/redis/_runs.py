@@ -258,7 +258,11 @@ class RedisRuns(RedisCore):
         bound = await self._ready()
         with self._failures(f"committing for process {delivery.process!r} of state id {state_id!r}"):
             touched = [topic, *(m.topic for m in messages)]
-            reply = await self._call(bound, "COMMIT", state_id, [*keys, f"{args[0]}:stop"], args, touched)
+            # A run deleted at its end, without a ttl, is not made compact or refreshed by
+            # its commits: they touch only these topics (not all of a 100-step chain's).
+            only = self.ttl is None and state_id in self._fleeting
+            stop = f"{args[0]}:stop"
+            reply = await self._call(bound, "COMMIT", state_id, [*keys, stop], args, touched, only=only)
         if reply is None:
             return None
         self._keep_ahead(bound, state_id, owner, follow, reply)
