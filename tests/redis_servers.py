@@ -36,6 +36,10 @@ import anyio.abc
 __all__ = ["CuttingProxy", "RedisClusterServers", "RedisServer", "free_port"]
 
 _READY_SECONDS = 10.0
+#: A cluster's nodes join by gossip, polled once a second by ``redis-cli --cluster
+#: create``: on a loaded machine (a mutation check runs suites side by side) that
+#: takes far longer than one server's start.
+_CLUSTER_READY_SECONDS = 60.0
 _STOP_SECONDS = 10.0
 
 
@@ -347,7 +351,7 @@ class RedisClusterServers:
             ]  # fmt: skip
             quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
             self.processes[port] = subprocess.Popen(command, **quiet)
-        deadline = time.monotonic() + _READY_SECONDS
+        deadline = time.monotonic() + _CLUSTER_READY_SECONDS
         for port in self.ports:
             while not _answers_ping(port):
                 if time.monotonic() > deadline:
@@ -356,10 +360,15 @@ class RedisClusterServers:
                 time.sleep(0.02)  # waiting for an external server to listen, not synchronising tests
         nodes = [f"127.0.0.1:{port}" for port in self.ports]
         replicas = ["--cluster-replicas", str(self.replicas)]
-        subprocess.run(
-            [self.cli, "--cluster", "create", *nodes, *replicas, "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=_READY_SECONDS,
-        )  # fmt: skip
+        try:
+            subprocess.run(
+                [self.cli, "--cluster", "create", *nodes, *replicas, "--cluster-yes"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                timeout=max(1.0, deadline - time.monotonic()),
+            )  # fmt: skip
+        except BaseException:
+            self.close()  # the servers it started, by pid
+            raise
         self._wait_until(self.settled, deadline, "reach cluster_state:ok with every replica in sync")
 
     def _wait_until(self, ready: Any, deadline: float, what: str) -> None:
