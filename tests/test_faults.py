@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -492,6 +493,59 @@ def test_the_first_calls_after_idle_connections_were_dropped_succeed(redis_serve
         conn.close()
 
 
+@dataclass
+class CutRun:
+    """What a run through a cut call left: the OUT values the calls returned, the
+    errors met, the stored log as (topic, value), what is outstanding, the proxy."""
+
+    returned: list[Any]
+    errors: list[Exception]
+    stored: list[tuple[str, Any]]
+    left: dict[str, int]
+    proxy: CuttingProxy
+
+
+async def run_through_a_cut(
+    redis_server: RedisServer,
+    prefix: str,
+    make: Callable[[RedisPubSubConnection], PubSub],
+    warm_up: tuple[Any, list[Any]],
+    marker: bytes,
+    cut: str,
+    value: Any,
+) -> CutRun:
+    """Invoke ``value`` (state id "cut") on ``make(conn)``, whose connection goes through a
+    proxy that cuts the call carrying ``marker`` (before Redis ran it, or after, losing its
+    reply), and resume once if that call failed. A first run of ``warm_up`` (input, its
+    result) loads the scripts, so that the cut call is not answered NOSCRIPT."""
+    proxy = CuttingProxy(redis_server.port)
+    returned: list[Any] = []
+    errors: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        conn = RedisPubSubConnection.from_url(proxy.url, prefix=prefix, lease=30)
+        try:
+            pubsub = make(conn)
+            assert await pubsub.ainvoke(warm_up[0], {"state_id": "warm-up"}) == warm_up[1]
+            proxy.arm(marker, cut)
+            with anyio.fail_after(20):
+                try:
+                    returned += await pubsub.ainvoke(value, {"state_id": "cut"})
+                except ConnectionFailedError as exc:
+                    errors.append(exc)
+                    returned += await pubsub.ainvoke(None, {"state_id": "cut"})  # the one resume
+                stored = pairs(await pubsub.apeek("cut"))
+                left = await conn.outstanding("cut", pubsub.process_names)
+        finally:
+            await conn.aclose()
+            tg.cancel_scope.cancel()
+    return CutRun(returned, errors, stored, left, proxy)
+
+
+def _sha(script: str) -> bytes:
+    return hashlib.sha1(script.encode()).hexdigest().encode()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     "cut",
@@ -504,27 +558,11 @@ async def test_a_commit_cut_off_stores_and_returns_everything_once(
     redis_server: RedisServer, cut: str
 ) -> None:
     """A commit cut off before Redis ran it or after (reply lost) stores and returns each message once."""
-    proxy = CuttingProxy(redis_server.port)
-    returned: list[Any] = []
-    errors: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-        await tg.start(proxy.serve)
-        conn = RedisPubSubConnection.from_url(proxy.url, prefix=f"faults-cut-{cut}", lease=30)
-        try:
-            pubsub = local_chain(lambda x: f"committed-{x}", conn)
-            # a first run loads the scripts: the cut commit must not be answered NOSCRIPT
-            assert await pubsub.ainvoke(1, {"state_id": "warm-up"}) == ["committed-1"]
-            proxy.arm(b"committed-7", cut)  # only the commit of the step's output carries it
-            with anyio.fail_after(20):
-                try:
-                    returned += await pubsub.ainvoke(7, {"state_id": "cut"})
-                except ConnectionFailedError as exc:
-                    errors.append(exc)
-                    returned += await pubsub.ainvoke(None, {"state_id": "cut"})  # the one resume
-                stored = pairs(await pubsub.apeek("cut"))
-        finally:
-            await conn.aclose()
-            tg.cancel_scope.cancel()
+    run = await run_through_a_cut(
+        redis_server, f"faults-cut-{cut}", lambda conn: local_chain(lambda x: f"committed-{x}", conn),
+        (1, ["committed-1"]), b"committed-7", cut, 7,  # only the commit of the step's output carries it
+    )  # fmt: skip
+    returned, errors, stored, proxy = run.returned, run.errors, run.stored, run.proxy
     assert proxy.fired.is_set(), "the proxy never saw the commit"
     if cut == "reply":  # the commit ran: its answer was no error (such as NOSCRIPT)
         assert proxy.dropped_reply[:1] == b"*", proxy.dropped_reply
@@ -549,31 +587,17 @@ async def test_an_ack_of_a_rejected_message_cut_off_loses_and_repeats_nothing(
     or after Redis ran it: the run still returns each matching result once and stores each once."""
     from permflow.connections.redis._scripts import ACK_FETCH
 
-    proxy = CuttingProxy(redis_server.port)
     numbers = Topic("numbers")
-    returned: list[Any] = []
-    async with anyio.create_task_group() as tg:
-        await tg.start(proxy.serve)
-        conn = RedisPubSubConnection.from_url(proxy.url, prefix=f"faults-ack-{cut}", lease=30)
-        try:
-            pubsub = PubSub(
-                Topic.IN.subscribe() | (lambda n: list(range(n))) | numbers.publish_each(),
-                numbers.subscribe(when=lambda n: n % 2 == 0) | (lambda n: n * 10) | Topic.OUT.publish(),
-                connection=conn,
-            )
-            # a first run loads the scripts: the cut call must not be answered NOSCRIPT
-            assert await pubsub.ainvoke(2, {"state_id": "warm-up"}) == [0]
-            proxy.arm(hashlib.sha1(ACK_FETCH.encode()).hexdigest().encode(), cut)
-            with anyio.fail_after(20):
-                try:
-                    returned += await pubsub.ainvoke(6, {"state_id": "cut"})
-                except ConnectionFailedError:
-                    returned += await pubsub.ainvoke(None, {"state_id": "cut"})  # the one resume
-                stored = pairs(await pubsub.apeek("cut"))
-                left = await conn.outstanding("cut", pubsub.process_names)
-        finally:
-            await conn.aclose()
-            tg.cancel_scope.cancel()
+
+    def make(conn: RedisPubSubConnection) -> PubSub:
+        return PubSub(
+            Topic.IN.subscribe() | (lambda n: list(range(n))) | numbers.publish_each(),
+            numbers.subscribe(when=lambda n: n % 2 == 0) | (lambda n: n * 10) | Topic.OUT.publish(),
+            connection=conn,
+        )
+
+    run = await run_through_a_cut(redis_server, f"faults-ack-{cut}", make, (2, [0]), _sha(ACK_FETCH), cut, 6)
+    returned, stored, left, proxy = run.returned, run.stored, run.left, run.proxy
     assert proxy.fired.is_set(), "the proxy never saw an ack"
     assert sorted(returned) == [0, 20, 40]
     assert sorted(v for t, v in stored if t == "__out__") == [0, 20, 40]
@@ -598,31 +622,17 @@ async def test_a_start_cut_off_stores_the_input_once_and_the_run_finishes(
     result once."""
     from permflow.connections.redis._start_scripts import START
 
-    proxy = CuttingProxy(redis_server.port)
     middle = Topic("middle")
-    returned: list[Any] = []
-    async with anyio.create_task_group() as tg:
-        await tg.start(proxy.serve)
-        conn = RedisPubSubConnection.from_url(proxy.url, prefix=f"faults-start-{cut}", lease=30)
-        try:
-            pubsub = PubSub(
-                Topic.IN.subscribe() | (lambda n: n + 1) | middle.publish(),
-                middle.subscribe() | (lambda n: n * 10) | Topic.OUT.publish(),
-                connection=conn,
-            )
-            # a first run loads the scripts: the cut call must not be answered NOSCRIPT
-            assert await pubsub.ainvoke(1, {"state_id": "warm-up"}) == [20]
-            proxy.arm(hashlib.sha1(START.encode()).hexdigest().encode(), cut)
-            with anyio.fail_after(20):
-                try:
-                    returned += await pubsub.ainvoke(4, {"state_id": "cut"})
-                except ConnectionFailedError:
-                    returned += await pubsub.ainvoke(None, {"state_id": "cut"})  # the one resume
-                stored = pairs(await pubsub.apeek("cut"))
-                left = await conn.outstanding("cut", pubsub.process_names)
-        finally:
-            await conn.aclose()
-            tg.cancel_scope.cancel()
+
+    def make(conn: RedisPubSubConnection) -> PubSub:
+        return PubSub(
+            Topic.IN.subscribe() | (lambda n: n + 1) | middle.publish(),
+            middle.subscribe() | (lambda n: n * 10) | Topic.OUT.publish(),
+            connection=conn,
+        )
+
+    run = await run_through_a_cut(redis_server, f"faults-start-{cut}", make, (1, [20]), _sha(START), cut, 4)
+    returned, stored, left, proxy = run.returned, run.stored, run.left, run.proxy
     assert proxy.fired.is_set(), "the proxy never saw a start"
     assert returned == [50]
     assert stored == [("__in__", 4), ("middle", 5), ("__out__", 50)]
