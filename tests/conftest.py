@@ -166,3 +166,15 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
     monkeypatch.setattr(Bound, "_write_read", counted)
     return trips
+
+
+@pytest.fixture
+async def redis_conn(redis_url: str, redis_prefix: str) -> AsyncIterator[Any]:
+    """A Redis connection on the test server under the test's prefix (lease 5 s)."""
+    from permflow import RedisPubSubConnection
+
+    conn = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0)
+    try:
+        yield conn
+    finally:
+        await conn.aclose()

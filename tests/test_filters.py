@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -263,17 +263,6 @@ async def test_workers_run_filtered_subscriptions(anyio_backend: str) -> None:
 
 
 # -- Redis: a rejected message costs one round trip ----------------------------------
-
-
-@pytest.fixture
-async def redis_conn(redis_url: str, redis_prefix: str) -> AsyncIterator[Any]:
-    from permflow import RedisPubSubConnection
-
-    conn = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0)
-    try:
-        yield conn
-    finally:
-        await conn.aclose()
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

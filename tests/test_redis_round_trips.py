@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -31,23 +30,12 @@ def three_steps() -> list[Any]:
     ]
 
 
-@pytest.fixture
-async def conn(redis_url: str, redis_prefix: str) -> AsyncIterator[Any]:
-    from permflow import RedisPubSubConnection
-
-    made = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0)
-    try:
-        yield made
-    finally:
-        await made.aclose()
-
-
 async def test_a_run_costs_one_start_and_one_commit_per_step(
-    anyio_backend: str, conn: Any, round_trips: list[list[str]]
+    anyio_backend: str, redis_conn: Any, round_trips: list[list[str]]
 ) -> None:
     """A 3-step run without a state id: START, three COMMITs, DELETE; nothing else, one
     script per exchange."""
-    pubsub = PubSub(*three_steps(), connection=conn)
+    pubsub = PubSub(*three_steps(), connection=redis_conn)
     with anyio.fail_after(10):
         await pubsub.ainvoke(0)  # the scripts are loaded: no call is sent again for NOSCRIPT
         round_trips.clear()
@@ -56,11 +44,11 @@ async def test_a_run_costs_one_start_and_one_commit_per_step(
 
 
 async def test_a_resumed_run_starts_from_its_stored_state(
-    anyio_backend: str, conn: Any, round_trips: list[list[str]]
+    anyio_backend: str, redis_conn: Any, round_trips: list[list[str]]
 ) -> None:
     """START on a state id that has finished runs (compact) and new input: the new input
     runs once, and the log keeps every earlier message in order."""
-    pubsub = PubSub(*three_steps(), connection=conn)
+    pubsub = PubSub(*three_steps(), connection=redis_conn)
     with anyio.fail_after(10):
         await pubsub.ainvoke(0)  # the scripts are loaded: no call is sent again for NOSCRIPT
         round_trips.clear()
@@ -76,23 +64,23 @@ async def test_a_resumed_run_starts_from_its_stored_state(
 
 
 async def test_the_last_commit_answers_what_is_outstanding(
-    anyio_backend: str, conn: Any, round_trips: list[list[str]]
+    anyio_backend: str, redis_conn: Any, round_trips: list[list[str]]
 ) -> None:
     """A run that ends on a commit with nothing to fetch asks Redis nothing more: the
     counts came with that commit, and they are right (zero everywhere)."""
-    pubsub = PubSub(*three_steps(), connection=conn)
+    pubsub = PubSub(*three_steps(), connection=redis_conn)
     with anyio.fail_after(10):
         await pubsub.ainvoke(5, {"state_id": "counted"})
         names = Counter(name for trip in round_trips for name in trip)
         assert "OUTSTANDING" not in names
         round_trips.clear()
-        left = await conn.outstanding("counted", pubsub.process_names)
+        left = await redis_conn.outstanding("counted", pubsub.process_names)
     assert round_trips == [["OUTSTANDING"]]  # asked again later: a real question
     assert set(left.values()) == {0}
 
 
 async def test_counts_of_a_commit_are_not_reused_after_another_call(
-    anyio_backend: str, conn: Any, round_trips: list[list[str]]
+    anyio_backend: str, redis_conn: Any, round_trips: list[list[str]]
 ) -> None:
     """Counts a commit brought back answer the next question with no round trip, but only
     when no other call of the run came between: after a publish, outstanding asks Redis
@@ -100,27 +88,27 @@ async def test_counts_of_a_commit_are_not_reused_after_another_call(
     from permflow import Message, Subscription
 
     with anyio.fail_after(10):
-        await conn.register("stale", [Subscription("p", "t")])
-        await conn.publish("stale", [Message("t", 1, "stale", 0.0)])
-        (delivery,) = await conn.fetch("stale", "p", owner="o")
-        await conn.commit(delivery, [], owner="o")  # nothing to fetch next: counts come back
+        await redis_conn.register("stale", [Subscription("p", "t")])
+        await redis_conn.publish("stale", [Message("t", 1, "stale", 0.0)])
+        (delivery,) = await redis_conn.fetch("stale", "p", owner="o")
+        await redis_conn.commit(delivery, [], owner="o")  # nothing to fetch next: counts come back
         round_trips.clear()
-        assert await conn.outstanding("stale", ["p"]) == {"p": 0}
+        assert await redis_conn.outstanding("stale", ["p"]) == {"p": 0}
         assert round_trips == []
-        await conn.publish("stale", [Message("t", 2, "stale", 0.0)])
-        (delivery,) = await conn.fetch("stale", "p", owner="o")
-        await conn.commit(delivery, [], owner="o")  # counts come back: p has 0 left
-        await conn.publish("stale", [Message("t", 3, "stale", 0.0)])  # now it has 1
+        await redis_conn.publish("stale", [Message("t", 2, "stale", 0.0)])
+        (delivery,) = await redis_conn.fetch("stale", "p", owner="o")
+        await redis_conn.commit(delivery, [], owner="o")  # counts come back: p has 0 left
+        await redis_conn.publish("stale", [Message("t", 3, "stale", 0.0)])  # now it has 1
         round_trips.clear()
-        assert await conn.outstanding("stale", ["p"]) == {"p": 1}
+        assert await redis_conn.outstanding("stale", ["p"]) == {"p": 1}
     assert round_trips == [["OUTSTANDING"]]
 
 
-async def test_a_start_that_conflicts_stores_nothing(anyio_backend: str, conn: Any) -> None:
+async def test_a_start_that_conflicts_stores_nothing(anyio_backend: str, redis_conn: Any) -> None:
     """START with a process name known for another mode (here a join) raises
     DefinitionError naming it, and the input is not stored."""
-    first = PubSub(Topic.IN.subscribe(name="p") | (lambda x: x) | Topic.OUT.publish(), connection=conn)
-    second = PubSub(Topic.IN.join(name="p") | (lambda x: x) | Topic.OUT.publish(), connection=conn)
+    first = PubSub(Topic.IN.subscribe(name="p") | (lambda x: x) | Topic.OUT.publish(), connection=redis_conn)
+    second = PubSub(Topic.IN.join(name="p") | (lambda x: x) | Topic.OUT.publish(), connection=redis_conn)
     with anyio.fail_after(10):
         await first.ainvoke(1, {"state_id": "clash"})
         before = await first.apeek("clash")
@@ -132,7 +120,7 @@ async def test_a_start_that_conflicts_stores_nothing(anyio_backend: str, conn: A
 
 @pytest.mark.parametrize("keep", [True, False])
 async def test_a_run_deleted_when_it_ends_is_not_made_compact_first(
-    anyio_backend: str, conn: Any, raw: Any, keep: bool
+    anyio_backend: str, redis_conn: Any, raw: Any, keep: bool
 ) -> None:
     """A finished run is made compact (its log one string) unless its caller said it will
     delete it (``keep=False``): then its last commit leaves it as it is, and its results
@@ -141,13 +129,13 @@ async def test_a_run_deleted_when_it_ends_is_not_made_compact_first(
 
     sid = f"fleeting-{keep}"
     with anyio.fail_after(10):
-        stored = await conn.start(
+        stored = await redis_conn.start(
             sid, [Subscription("p", "t")], [Message("t", 1, sid, 0.0)], owner="o", keep=keep
         )
-        (delivery,) = await conn.fetch(sid, "p", owner="o")
-        out = await conn.commit(delivery, [Message("__out__", 2, sid, 0.0)], owner="o")
-        kind = await raw.type(f"{{{conn.prefix}:{sid}}}:log")
-        log = [(m.topic, m.value) for m in await conn.apeek(sid)]
+        (delivery,) = await redis_conn.fetch(sid, "p", owner="o")
+        out = await redis_conn.commit(delivery, [Message("__out__", 2, sid, 0.0)], owner="o")
+        kind = await raw.type(f"{{{redis_conn.prefix}:{sid}}}:log")
+        log = [(m.topic, m.value) for m in await redis_conn.apeek(sid)]
     assert [m.value for m in stored] == [1] and [m.value for m in out or []] == [2]
     assert kind == (b"string" if keep else b"stream")
     assert log == [("t", 1), ("__out__", 2)]
@@ -203,7 +191,7 @@ async def test_a_worker_gets_each_next_delivery_with_the_commit_before_it(
 
 
 async def test_a_call_larger_than_the_socket_takes_at_once_is_sent_whole(
-    anyio_backend: str, conn: Any
+    anyio_backend: str, redis_conn: Any
 ) -> None:
     """A script call of several MB (the socket's buffer fills: the write waits for it) reaches
     Redis whole, and the connection goes on serving calls."""
@@ -211,9 +199,9 @@ async def test_a_call_larger_than_the_socket_takes_at_once_is_sent_whole(
 
     big = "x" * (8 * 1024 * 1024)
     with anyio.fail_after(20):
-        await conn.publish("big", [Message("t", big, "big", 0.0)])
-        await conn.publish("big", [Message("t", "small", "big", 0.0)])
-        log = await conn.apeek("big")
+        await redis_conn.publish("big", [Message("t", big, "big", 0.0)])
+        await redis_conn.publish("big", [Message("t", "small", "big", 0.0)])
+        log = await redis_conn.apeek("big")
     assert [m.value for m in log] == [big, "small"]
 
 
@@ -248,7 +236,7 @@ async def test_a_start_whose_reply_never_came_leaves_nothing_held(
 
 
 async def test_a_round_sent_after_a_need_reply_finds_what_an_earlier_send_stored(
-    anyio_backend: str, conn: Any
+    anyio_backend: str, redis_conn: Any
 ) -> None:
     """A script that stores, sent again because it lacked the keys of some topics, goes in its
     twin's form (which finds what a send whose reply was lost stored): never stored twice."""
@@ -263,16 +251,16 @@ async def test_a_round_sent_after_a_need_reply_finds_what_an_earlier_send_stored
 
     for name, twin in [("COMMIT", "RECOMMIT"), ("PUBLISH", "REPUBLISH"), ("START", "RESTART")]:
         sent.clear()
-        keys, args = conn._keys("need")
-        await conn._call(Replies(), name, "need", keys, args)
+        keys, args = redis_conn._keys("need")
+        await redis_conn._call(Replies(), name, "need", keys, args)
         assert sent == [name, twin]
     sent.clear()
-    await conn._call(Replies(), "FETCH", "need", *conn._keys("need"))
+    await redis_conn._call(Replies(), "FETCH", "need", *redis_conn._keys("need"))
     assert sent == ["FETCH", "FETCH"]  # stores nothing: sent as it is
 
 
 async def test_a_worker_fetches_ahead_only_what_its_commit_stored(
-    anyio_backend: str, conn: Any, round_trips: list[list[str]]
+    anyio_backend: str, redis_conn: Any, round_trips: list[list[str]]
 ) -> None:
     """Where a worker drives (assume_registered), a commit fetches ahead for a reader at most as
     many deliveries as it stored, even with more waiting; the counts stay exact."""
@@ -280,23 +268,23 @@ async def test_a_worker_fetches_ahead_only_what_its_commit_stored(
 
     subscriptions = [Subscription("a", "in"), Subscription("b", "t")]
     with anyio.fail_after(10):
-        await conn.register("w", subscriptions)
-        await conn.publish("w", [Message("t", v, "w", 0.0) for v in range(5)])  # waiting for b
-        await conn.publish("w", [Message("in", "go", "w", 0.0)])
-        conn.assume_registered("w", subscriptions)
-        (delivery,) = await conn.fetch("w", "a", owner="worker", limit=10)
-        await conn.commit(delivery, [Message("t", 5, "w", 0.0)], owner="worker")
+        await redis_conn.register("w", subscriptions)
+        await redis_conn.publish("w", [Message("t", v, "w", 0.0) for v in range(5)])  # waiting for b
+        await redis_conn.publish("w", [Message("in", "go", "w", 0.0)])
+        redis_conn.assume_registered("w", subscriptions)
+        (delivery,) = await redis_conn.fetch("w", "a", owner="worker", limit=10)
+        await redis_conn.commit(delivery, [Message("t", 5, "w", 0.0)], owner="worker")
         round_trips.clear()
-        ahead = await conn.fetch("w", "b", owner="worker", limit=10)
+        ahead = await redis_conn.fetch("w", "b", owner="worker", limit=10)
         assert round_trips == []  # it came with the commit
         assert [d.messages[0].value for d in ahead] == [0]  # one, the oldest waiting
-        assert await conn.outstanding("w", ["b"]) == {"b": 6}
-        rest = await conn.fetch("w", "b", owner="worker", limit=10)
+        assert await redis_conn.outstanding("w", ["b"]) == {"b": 6}
+        rest = await redis_conn.fetch("w", "b", owner="worker", limit=10)
     assert [d.messages[0].value for d in rest] == [1, 2, 3, 4, 5]
 
 
 async def test_a_commit_of_a_run_deleted_at_its_end_declares_only_its_topics(
-    anyio_backend: str, conn: Any, monkeypatch: pytest.MonkeyPatch
+    anyio_backend: str, redis_conn: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In a 20-step chain without a state id (no ttl), each commit declares the keys of the
     topics it touches (its delivery's and its output's), not those of all 21 topics; with a
@@ -313,7 +301,7 @@ async def test_a_commit_of_a_run_deleted_at_its_end_declares_only_its_topics(
     monkeypatch.setattr(Bound, "_write_read", counting)
     topics = [Topic.IN, *(Topic(f"s{i}") for i in range(19)), Topic.OUT]
     chain = [a.subscribe() | (lambda x: x + 1) | b.publish() for a, b in itertools.pairwise(topics)]
-    pubsub = PubSub(*chain, connection=conn)
+    pubsub = PubSub(*chain, connection=redis_conn)
     with anyio.fail_after(20):
         assert await pubsub.ainvoke(0) == [20]
         fleeting = [n for name, n in declared if name == "COMMIT"]
