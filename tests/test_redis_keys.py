@@ -59,28 +59,7 @@ def checked_scripts(redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> Itera
 class TestScriptsDeclareTheirKeys(ConnectionSuite):
     """The conformance suite with ttl, on scripts that fail on an undeclared key."""
 
-    @pytest.fixture
-    def anyio_backend(self) -> str:
-        return "asyncio"
-
-    @pytest.fixture
-    async def connection(
-        self, redis_url: str, redis_prefix: str, checked_scripts: None
-    ) -> AsyncIterator[PubSubConnection]:
-        async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0, ttl=600) as conn:
-            yield conn
-
-    @pytest.fixture
-    async def lease_connection(
-        self, redis_url: str, redis_prefix: str, checked_scripts: None
-    ) -> AsyncIterator[PubSubConnection]:
-        async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=0.5, ttl=600) as conn:
-            yield conn
-
-
-class TestScriptsDeclareTheirKeysWithoutTtl(ConnectionSuite):
-    """The conformance suite without ttl, on scripts that fail on an undeclared key: a run
-    deleted at its end then declares only the topics each commit touches."""
+    ttl: float | None = 600
 
     @pytest.fixture
     def anyio_backend(self) -> str:
@@ -90,15 +69,24 @@ class TestScriptsDeclareTheirKeysWithoutTtl(ConnectionSuite):
     async def connection(
         self, redis_url: str, redis_prefix: str, checked_scripts: None
     ) -> AsyncIterator[PubSubConnection]:
-        async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0) as conn:
+        made = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=5.0, ttl=self.ttl)
+        async with made as conn:
             yield conn
 
     @pytest.fixture
     async def lease_connection(
         self, redis_url: str, redis_prefix: str, checked_scripts: None
     ) -> AsyncIterator[PubSubConnection]:
-        async with RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=0.5) as conn:
+        made = RedisPubSubConnection.from_url(redis_url, prefix=redis_prefix, lease=0.5, ttl=self.ttl)
+        async with made as conn:
             yield conn
+
+
+class TestScriptsDeclareTheirKeysWithoutTtl(TestScriptsDeclareTheirKeys):
+    """The same without ttl: a run deleted at its end then declares only the topics each
+    commit touches."""
+
+    ttl = None
 
 
 async def test_the_checker_catches_an_undeclared_key(redis_url: str, redis_prefix: str) -> None:
