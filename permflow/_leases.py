@@ -20,6 +20,9 @@ import anyio
 
 __all__ = ["renewing"]
 
+#: How long a run waits, at its end, for its cancelled renewing task to finish.
+_STOP_SECONDS = 2.0
+
 
 @asynccontextmanager
 async def renewing(renew: Callable[[float], Awaitable[None]], interval: float) -> AsyncIterator[None]:
@@ -29,7 +32,7 @@ async def renewing(renew: Callable[[float], Awaitable[None]], interval: float) -
         loop = asyncio.get_running_loop()
     except RuntimeError:  # trio, the only other backend anyio runs on
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_as_coroutine, renew, interval)
+            tg.start_soon(_in_scope, renew, interval, [])
             try:
                 yield
             finally:
@@ -53,8 +56,11 @@ async def renewing(renew: Callable[[float], Awaitable[None]], interval: float) -
                 scopes[0].cancel()
             else:
                 tasks[0].cancel()
+            # Bounded: what the cancelled task may still do is shielded clean-up, itself
+            # bounded (a pooled connection handed back within a second). Past that, it
+            # ends on its own, cancelled.
             with anyio.CancelScope(shield=True):
-                await asyncio.wait(tasks)
+                await asyncio.wait(tasks, timeout=_STOP_SECONDS)
 
 
 async def _in_scope(
@@ -63,7 +69,3 @@ async def _in_scope(
     with anyio.CancelScope() as scope:
         scopes.append(scope)
         await renew(first_wait)
-
-
-async def _as_coroutine(renew: Callable[[float], Awaitable[None]], first_wait: float) -> None:
-    await renew(first_wait)

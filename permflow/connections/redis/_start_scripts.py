@@ -93,37 +93,29 @@ end
 # Returns {} or {process, known spec}.
 REGISTER = PRELUDE + _REGISTER_LIB + "return register(5, #ARGV) or {}"
 
-PUBLISH = (
-    PRELUDE
-    + STORE_LIB
-    + """
-local missing = expand() or undeclared(message_topics({}, 5))
-if missing then return missing end
-local ids = store(5, {})
-changed()
-touch()
-settle()
-return ids
+_PUBLISH_LIB = """
+local function publish(again)
+  local missing = expand() or undeclared(message_topics({}, 5))
+  if missing then return missing end
+  if again then
+    local ids = find_stored(5, '-', 1000)
+    if ids then return ids end
+  end
+  local ids = store(5, {})
+  changed()
+  touch()
+  settle()
+  return ids
+end
 """
-)
+
+# ARGV[5..]: the messages (count, then topic, payload, published_at, depth, trail
+# each). Returns their log ids.
+PUBLISH = PRELUDE + STORE_LIB + _PUBLISH_LIB + "return publish(false)"
 
 # PUBLISH sent again after its reply was lost: if the first send stored the
 # messages, their ids; else it stores them now.
-REPUBLISH = (
-    PRELUDE
-    + STORE_LIB
-    + """
-local missing = expand() or undeclared(message_topics({}, 5))
-if missing then return missing end
-local ids = find_stored(5, '-', 1000)
-if ids then return ids end
-ids = store(5, {})
-changed()
-touch()
-settle()
-return ids
-"""
-)
+REPUBLISH = PRELUDE + STORE_LIB + _PUBLISH_LIB + "return publish(true)"
 
 _START_LIB = """
 local function start(again)
